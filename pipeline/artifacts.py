@@ -1,0 +1,100 @@
+"""Artifact files: atomic writes, content hashes, self-describing JSON sidecars.
+
+A stage that fails half-way must never leave a file that the next stage (or Make, which
+only looks at timestamps) would take for a finished artifact. Everything is written to a
+temporary name in the destination folder and renamed into place only when complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pipeline
+from pipeline.errors import StaleArtifactError
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it into place only on success."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".partial{final.suffix}",
+                               dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON artifact; a missing or malformed one is a one-line error naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StaleArtifactError(f"{path}: not found") from None
+    except json.JSONDecodeError as exc:
+        raise StaleArtifactError(f"{path}: not valid JSON ({exc})") from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, streamed so large models need no extra memory."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_input(path: Path) -> dict[str, str]:
+    """Name and hash of an input, for an artifact's provenance record."""
+    return {"path": str(path), "sha256": sha256_file(path)}
+
+
+def provenance(stage: str, inputs: dict[str, Path]) -> dict[str, Any]:
+    """What produced an artifact and from what: recorded in every sidecar."""
+    return {
+        "stage": stage,
+        "producer": f"edgeresnet {pipeline.__version__}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "inputs": {name: describe_input(p) for name, p in inputs.items()},
+    }
+
+
+def check_input_unchanged(record: dict[str, Any], name: str, path: Path, artifact: Path) -> None:
+    """Refuse an artifact whose recorded input ``name`` no longer matches ``path``'s bytes."""
+    recorded = record.get("inputs", {}).get(name, {}).get("sha256")
+    if recorded is None:
+        raise StaleArtifactError(f"{artifact}: records no input '{name}'; rebuild it")
+    if recorded != sha256_file(path):
+        raise StaleArtifactError(f"{artifact}: was made from another {path} "
+                                 f"(hash differs); rebuild it")
+
+
+def sidecar_path(artifact: Path) -> Path:
+    """The JSON that describes ``artifact``: ``<name>.json`` beside it."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")

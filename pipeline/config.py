@@ -1,0 +1,305 @@
+"""Typed configuration: frozen dataclasses loaded from TOML, overridden by ``--set``.
+
+Every stage reads one :class:`Config`. Unknown keys and values of the wrong type are
+refused when the file is read, naming the file and key, so a typo never silently falls
+back to a default. The resolved configuration is written beside the artifacts it made
+(:func:`dump_toml`), and can be fed back with ``--config`` to reproduce them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+
+def _require(condition: bool, key: str, expected: str, got: Any) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: expected {expected}, got {got!r}")
+
+
+def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, key, "one of " + ", ".join(choices), value)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a run's artifacts go: ``<root>/<name>/``."""
+
+    name: str = ""
+    root: str = "build"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images: a named dataset (``name``) or any ImageFolder tree (``path``)."""
+
+    name: str = "digits"
+    path: str = ""
+    root: str = "build/datasets"
+    download: bool = False
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.workers >= 1, "data.workers", "an integer >= 1", self.workers)
+
+    @property
+    def ident(self) -> str:
+        """A short name for the data, used in default run names."""
+        return Path(self.path).resolve().name if self.path else self.name
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture; empty/zero options mean the family's default."""
+
+    name: str = "resnet20"
+    shortcut: str = ""
+    width: int = 0
+    zero_init_residual: bool = False
+    weights: str = ""
+
+    def __post_init__(self) -> None:
+        _one_of("model.shortcut", self.shortcut, ("", "A", "B"))
+        _require(self.width >= 0, "model.width", "an integer >= 0", self.width)
+
+    def options(self) -> dict[str, Any]:
+        """The options given explicitly, as ``build_model`` keyword arguments."""
+        given = {"shortcut": self.shortcut, "width": self.width,
+                 "zero_init_residual": self.zero_init_residual}
+        return {k: v for k, v in given.items() if v}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Deployment preprocessing; ``resize`` 0 means ``input_size / 0.875``."""
+
+    input_size: int = 32
+    resize: int = 0
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        _require(self.input_size >= 8, "preprocess.input_size", "an integer >= 8", self.input_size)
+        _require(len(self.mean) == 3 and len(self.std) == 3, "preprocess.mean/std",
+                 "three values each", (self.mean, self.std))
+        _require(all(s > 0 for s in self.std), "preprocess.std", "positive values", self.std)
+        _one_of("preprocess.interpolation", self.interpolation, ("bilinear", "bicubic", "nearest"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe. ``sizes`` ramps the crop size over epochs (progressive resizing)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup_fraction: float = 0.25
+    label_smoothing: float = 0.0
+    augment: str = "pad-crop"
+    pad: int = 4
+    crop_scale_min: float = 0.35
+    flip: bool = False
+    sizes: tuple[int, ...] = ()
+    cache_size: int = 0
+    precision: str = "auto"
+    channels_last: bool = True
+    device: str = "auto"
+    threads: int = 0
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
+        _require(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
+        _require(self.lr > 0, "train.lr", "a positive number", self.lr)
+        _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "0 <= x < 1", self.label_smoothing)
+        _require(0 < self.warmup_fraction < 1, "train.warmup_fraction", "0 < x < 1", self.warmup_fraction)
+        _require(0 < self.crop_scale_min <= 1, "train.crop_scale_min", "0 < x <= 1", self.crop_scale_min)
+        _one_of("train.schedule", self.schedule, ("onecycle", "cosine"))
+        _one_of("train.augment", self.augment, ("pad-crop", "random-resized-crop", "none"))
+        _one_of("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        _one_of("train.device", self.device, ("auto", "cpu", "cuda"))
+        _require(all(s >= 8 for s in self.sizes), "train.sizes", "crop sizes >= 8", self.sizes)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """ONNX export and its parity check against PyTorch."""
+
+    opset: int = 18
+    parity_images: int = 256
+    atol: float = 1e-3
+    min_agreement: float = 0.99
+
+    def __post_init__(self) -> None:
+        _require(self.opset >= 17, "export.opset", "an opset >= 17", self.opset)
+        _require(self.parity_images >= 1, "export.parity_images", "an integer >= 1", self.parity_images)
+        _require(0 <= self.min_agreement <= 1, "export.min_agreement", "0 <= x <= 1", self.min_agreement)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole pipeline's configuration, one section a stage or concern."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    @property
+    def run_name(self) -> str:
+        """The run's folder name: given, or derived from the data and model."""
+        return self.run.name or f"{self.data.ident}-{self.model.name}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.root) / self.run_name
+
+
+def load_config(path: Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read ``path`` (TOML; defaults where absent), apply ``key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        raw = _read_toml(Path(path))
+    for item in sets:
+        _apply_set(raw, item)
+    try:
+        return _build(Config, raw, "", source)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain dict (tuples as lists), for checkpoints, sidecars and :func:`dump_toml`."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config:
+    """Rebuild a :class:`Config` saved by :func:`config_to_dict` (e.g. inside a checkpoint)."""
+    return _build(Config, data, "", source)
+
+
+def dump_toml(cfg: Config) -> str:
+    """TOML text of the resolved configuration; ``load_config`` reads it back unchanged."""
+    lines: list[str] = []
+    for section, values in config_to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected a TOML file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _apply_set(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or "." not in key:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    section, name = key.strip().split(".", 1)
+    raw.setdefault(section, {})
+    if not isinstance(raw[section], dict):
+        raise ConfigError(f"--set {item!r}: {section} is not a section")
+    raw[section][name] = _parse_value(text.strip())
+
+
+def _parse_value(text: str) -> Any:
+    """TOML value syntax (``3``, ``true``, ``[1, 2]``, ``"x"``); anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{prefix}]: expected a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"[{prefix}]" if prefix else "top level"
+        raise ConfigError(f"unknown key '{_join(prefix, unknown[0])}' "
+                          f"(known in {where}: {', '.join(sorted(names))})")
+    values = {k: _coerce(hints[k], v, _join(prefix, k), source) for k, v in raw.items()}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key, source)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        _require(isinstance(value, (list, tuple)), key, "a list", value)
+        args = typing.get_args(hint)
+        item = args[0]
+        if args[-1] is not Ellipsis:
+            _require(len(value) == len(args), key, f"a list of {len(args)} values", value)
+        return tuple(_coerce(item, v, key, source) for v in value)
+    if hint is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number", value)
+        return float(value)
+    if hint is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
+        return value
+    if hint is bool:
+        _require(isinstance(value, bool), key, "true or false", value)
+        return value
+    if hint is str:
+        _require(isinstance(value, str), key, "a string", value)
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")  # a bug in this module, not in the file
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # JSON string escapes are valid TOML
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} as TOML")
+
+
+__all__ = [
+    "Config", "RunConfig", "DataConfig", "ModelConfig", "PreprocessConfig", "TrainConfig",
+    "ExportConfig", "load_config", "config_to_dict", "config_from_dict", "dump_toml",
+]

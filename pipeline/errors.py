@@ -1,0 +1,34 @@
+"""Typed errors for library code.
+
+Library code raises these; only ``pipeline.__main__`` turns them into one line on stderr
+and a non-zero exit code, so every failure a user can cause reads the same way.
+"""
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """A failure the user can act on; its message is the one line they will see."""
+
+
+class ConfigError(PipelineError):
+    """A configuration value, key or name that is not valid."""
+
+
+class DataError(PipelineError):
+    """A dataset that is missing, empty, or holds an unreadable file."""
+
+
+class CheckpointError(PipelineError):
+    """A file that is not one of our checkpoints, or belongs to another model."""
+
+
+class ExportError(PipelineError):
+    """An ONNX export that failed its checks (checker, parity with PyTorch)."""
+
+
+class StaleArtifactError(PipelineError):
+    """An input artifact that does not match what the consumer expects."""
+
+
+class MissingDependencyError(PipelineError):
+    """An optional package that this step needs is not installed."""

@@ -1,0 +1,140 @@
+"""The export stage: ``model.pt`` → ``model.fp32.onnx``, checked before it is kept.
+
+The ONNX file carries its class list and preprocessing in ``metadata_props`` (so a device
+with no torch can use it alone); its sidecar records where it came from and how close
+ONNX Runtime's outputs are to PyTorch's on real validation images. An export that fails
+the checker or the parity tolerance is deleted, never left for the next stage.
+"""
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from pipeline.artifacts import atomic_path, provenance, sha256_file, sidecar_path, write_json
+from pipeline.checkpoint import Checkpoint, load_checkpoint
+from pipeline.config import Config, ExportConfig, config_to_dict
+from pipeline.data import ImageSplit, open_dataset
+from pipeline.data.memory import load_files
+from pipeline.errors import ExportError
+from pipeline.runners import Parity, compare_runners
+from pipeline.runners.onnxruntime_runner import OnnxRuntimeRunner
+from pipeline.runners.torch_runner import TorchRunner
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+META_PREFIX = "edgeresnet."
+
+
+def run(cfg: Config) -> Path:
+    """Export the run's ``model.pt`` and return the path of ``model.fp32.onnx``."""
+    out = cfg.run_dir
+    ckpt_path, onnx_path = out / "model.pt", out / "model.fp32.onnx"
+    ckpt = load_checkpoint(ckpt_path)
+    model = ckpt.build()
+    inputs, labels = parity_inputs(open_dataset(cfg.data).split("val"), ckpt, cfg)
+    with atomic_path(onnx_path) as tmp:
+        export_onnx(model, ckpt, tmp, cfg.export.opset, ckpt_sha256=sha256_file(ckpt_path))
+        parity = check_parity(model, tmp, inputs, labels, cfg.export, name=onnx_path)
+        record = provenance("export", {"checkpoint": ckpt_path})
+        record.update(onnx_sha256=sha256_file(tmp), opset=cfg.export.opset,
+                      input={"name": INPUT_NAME, "shape": ["batch", 3, ckpt.preprocessing.input_size,
+                                                           ckpt.preprocessing.input_size]},
+                      output={"name": OUTPUT_NAME, "shape": ["batch", len(ckpt.classes)]},
+                      parity=parity.to_dict(),
+                      tolerance={"atol": cfg.export.atol, "min_agreement": cfg.export.min_agreement},
+                      config=config_to_dict(cfg))
+        write_json(sidecar_path(onnx_path), record)
+    print(f"exported {onnx_path}: max |ONNX - torch| {parity.max_abs_error:.2e}, top-1 agreement "
+          f"{parity.top1_agreement:.2%} on {parity.images} val images")
+    return onnx_path
+
+
+def export_onnx(model: nn.Module, ckpt: Checkpoint, path: Path, opset: int, ckpt_sha256: str) -> None:
+    """torch.export-based ONNX with a dynamic batch axis, fixed I/O names and metadata."""
+    size = ckpt.preprocessing.input_size
+    example = torch.zeros(2, 3, size, size)  # batch 2, so the batch axis is not specialised to 1
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:  # kept in memory, then saved once as a single file (no external-data sidecar)
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes=({0: batch},), verbose=False)
+    except Exception as exc:  # the exporter raises many types; the user needs the first line
+        raise ExportError(f"{ckpt.path}: ONNX export failed ({str(exc).splitlines()[0]})") from None
+    proto = program.model_proto
+    _set_metadata(proto, ckpt_metadata(ckpt, ckpt_sha256))
+    onnx.save(proto, str(path))
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{path}: onnx.checker failed ({str(exc).splitlines()[0]})") from None
+
+
+def ckpt_metadata(ckpt: Checkpoint, ckpt_sha256: str) -> dict[str, str]:
+    """What a consumer of the ONNX needs without the checkpoint: classes and preprocessing."""
+    return {
+        "classes": json.dumps(ckpt.classes),
+        "class_names": json.dumps(ckpt.class_names),
+        "preprocessing": json.dumps(ckpt.preprocessing.to_dict()),
+        "model": json.dumps({"name": ckpt.model_name, "options": ckpt.model_options}),
+        "checkpoint_sha256": ckpt_sha256,
+    }
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """Our ``metadata_props`` of an ONNX file, JSON values decoded."""
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = {}
+    for prop in proto.metadata_props:
+        if prop.key.startswith(META_PREFIX):
+            key = prop.key[len(META_PREFIX):]
+            meta[key] = prop.value if key.endswith("sha256") else json.loads(prop.value)
+    return meta
+
+
+def parity_inputs(split: ImageSplit, ckpt: Checkpoint, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded sample of real val images, preprocessed by the checkpoint's own definition."""
+    count = min(cfg.export.parity_images, len(split))
+    picks = sorted(random.Random(cfg.run.seed).sample(range(len(split)), count))
+    images = load_files([split.files[i] for i in picks], ckpt.preprocessing.prepare,
+                        cfg.data.workers, "parity images")
+    labels = np.array([split.labels[i] for i in picks])
+    return ckpt.preprocessing.normalize(images).numpy(), labels
+
+
+def check_parity(model: nn.Module, onnx_path: Path, inputs: np.ndarray, labels: np.ndarray,
+                 cfg: ExportConfig, name: Path | None = None) -> Parity:
+    """ONNX Runtime vs PyTorch; above the tolerance the export is refused."""
+    runner = OnnxRuntimeRunner(onnx_path)
+    parity = compare_runners(TorchRunner(model), runner, _batches(inputs, labels, 64))
+    runner.close()
+    where = name or onnx_path
+    if parity.max_abs_error > cfg.atol:
+        raise ExportError(f"{where}: ONNX Runtime differs from PyTorch by up to "
+                          f"{parity.max_abs_error:.3g} (export.atol is {cfg.atol:g})")
+    if parity.top1_agreement < cfg.min_agreement:
+        raise ExportError(f"{where}: ONNX Runtime agrees with PyTorch on only "
+                          f"{parity.top1_agreement:.2%} of top-1 labels "
+                          f"(export.min_agreement is {cfg.min_agreement:.2%})")
+    return parity
+
+
+def _batches(inputs: np.ndarray, labels: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for start in range(0, len(inputs), size):
+        yield inputs[start:start + size], labels[start:start + size]
+
+
+def _set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
+    keep = [p for p in proto.metadata_props if not p.key.startswith(META_PREFIX)]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in values.items():
+        proto.metadata_props.add(key=META_PREFIX + key, value=value)
+    proto.producer_name = "edgeresnet"

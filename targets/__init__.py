@@ -1,0 +1,2 @@
+"""TensorRT target profiles (TargetProfile, one TOML per device) and device detection
+(see ../shared/DESIGN.md, "TensorRT engines")."""

@@ -1,0 +1,126 @@
+"""Train → checkpoint → ONNX on real (small) data through the real components."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torchvision
+
+from pipeline import export, train
+from pipeline.artifacts import sidecar_path
+from pipeline.checkpoint import FORMAT, load_checkpoint
+from pipeline.errors import CheckpointError, ExportError
+from tests.conftest import make_config
+
+DIGITS = dict(train__epochs=3, train__batch_size=64, train__lr=0.1, export__parity_images=64)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory, datasets_root: Path):
+    """resnet20 trained for three epochs on digits and exported: shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("digits-run")
+    cfg = make_config(tmp, data__root=str(datasets_root), **DIGITS)
+    train.run(cfg)
+    export.run(cfg)
+    return cfg
+
+
+def test_training_writes_every_artifact_and_learns(digits_run) -> None:
+    out = digits_run.run_dir
+    for name in ("model.pt", "last.pt", "best.pt", "train.json", "train.png", "config.toml"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "train.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    assert summary["metrics"]["val_top1"] > 0.5  # ten classes: chance is 0.1
+    assert not list(out.glob(".*partial*")), "temporary files left behind"
+
+
+def test_checkpoint_carries_what_later_stages_need(digits_run) -> None:
+    raw = torch.load(digits_run.run_dir / "model.pt", weights_only=True)
+    assert raw["format"] == FORMAT
+    ckpt = load_checkpoint(digits_run.run_dir / "model.pt")
+    assert ckpt.model_name == "resnet20"
+    assert ckpt.classes == [str(d) for d in range(10)]
+    assert ckpt.preprocessing.input_size == 32 and ckpt.preprocessing.colour == "RGB"
+    assert ckpt.preprocessing.mean == (0.30, 0.30, 0.30)
+    assert ckpt.config["train"]["epochs"] == 3
+    assert ckpt.metrics["val_top1"] == json.loads((digits_run.run_dir / "train.json").read_text())["metrics"]["val_top1"]
+    model = ckpt.build()
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_onnx_has_fixed_names_dynamic_batch_and_metadata(digits_run) -> None:
+    path = digits_run.run_dir / "model.fp32.onnx"
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version >= 17
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    meta = export.read_metadata(path)
+    assert meta["classes"] == [str(d) for d in range(10)]
+    assert meta["preprocessing"]["input_size"] == 32
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        assert session.run(None, {"input": np.zeros((batch, 3, 32, 32), np.float32)})[0].shape == (batch, 10)
+
+
+def test_sidecar_records_parity_on_real_images(digits_run) -> None:
+    onnx_path = digits_run.run_dir / "model.fp32.onnx"
+    record = json.loads(sidecar_path(onnx_path).read_text())
+    assert record["parity"]["images"] == 64
+    assert record["parity"]["max_abs_error"] < 1e-3
+    assert record["parity"]["top1_agreement"] == 1.0
+    assert record["inputs"]["checkpoint"]["path"].endswith("model.pt")
+    assert record["onnx_sha256"] == __import__("pipeline.artifacts", fromlist=["x"]).sha256_file(onnx_path)
+
+
+def test_parity_failure_leaves_no_onnx(digits_run, tmp_path: Path) -> None:
+    """A zero tolerance cannot be met by two different runtimes: the export is refused."""
+    cfg = make_config(tmp_path, data__root=digits_run.data.root, run__root=digits_run.run.root,
+                      run__name="strict", export__atol=0.0, export__parity_images=16)
+    out = cfg.run_dir
+    out.mkdir(parents=True)
+    (out / "model.pt").write_bytes((digits_run.run_dir / "model.pt").read_bytes())
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export.run(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt"]
+
+
+def test_resume_continues_after_the_last_epoch(tmp_path: Path, datasets_root: Path) -> None:
+    cfg = make_config(tmp_path, data__root=str(datasets_root), train__epochs=1,
+                      train__batch_size=128, model__width=8)
+    train.run(cfg)
+    longer = make_config(tmp_path, data__root=str(datasets_root), train__epochs=2,
+                         train__batch_size=128, model__width=8, train__resume=True)
+    train.run(longer)
+    history = load_checkpoint(cfg.run_dir / "model.pt").history
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path: Path, datasets_root: Path) -> None:
+    cfg = make_config(tmp_path, data__root=str(datasets_root), train__epochs=1,
+                      train__batch_size=128, model__width=8, run__name="r")
+    train.run(cfg)
+    other = make_config(tmp_path, data__root=str(datasets_root), model__name="resnet32",
+                        train__resume=True, run__name="r")
+    with pytest.raises(CheckpointError, match="holds resnet20"):
+        train.run(other)
+
+
+def test_fine_tuning_from_torchvision_weights_replaces_the_head(tmp_path: Path, shapes_root: Path) -> None:
+    """ImageNet-family model on photos-like data, starting from a torchvision state dict."""
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    cfg = make_config(tmp_path, "photos", data__path=str(shapes_root), model__weights=str(weights),
+                      preprocess__input_size=32, preprocess__resize=36, train__cache_size=40,
+                      train__sizes=[], train__epochs=1, train__batch_size=12, train__lr=0.05)
+    train.run(cfg)
+    ckpt = load_checkpoint(cfg.run_dir / "model.pt")
+    assert ckpt.classes == ["bright", "dots", "stripes"]
+    assert ckpt.state_dict["fc.weight"].shape == (3, 512)
