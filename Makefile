@@ -1,7 +1,7 @@
 # edgeresnet: every target is one `python -m pipeline <stage>` call, and each stage's
 # output is a file the next depends on, so Make rebuilds only what is stale.
 #
-#   make demo                                 digits: train -> export (offline, ~2 min)
+#   make demo                                 digits: train -> export -> calibrate -> quantize -> evaluate
 #   make demo DATA=../shared/data/imagenette  any ImageFolder tree (train/ and val/)
 #   make demo DATASET=imagenette|cifar10      torchvision's datasets (under build/datasets)
 #   make test                                 the test suite (CPU)
@@ -28,17 +28,20 @@ MODEL ?= $(shell $(PYTHON) -c 'import sys, tomllib; print(tomllib.load(open(sys.
 DATA_ID := $(if $(DATA),$(notdir $(abspath $(DATA))),$(DATASET))
 RUN ?= $(DATA_ID)-$(MODEL)
 B := build/$(RUN)
-ARGS = --config $(CONFIG) --run $(RUN) --model $(MODEL) \
+ARGS = --config $(CONFIG) --run $(RUN) --set model.name=$(MODEL) \
        $(if $(DATA),--data $(DATA),--dataset $(DATASET)) $(SET)
 
-.PHONY: demo train export setup test clean help
+.PHONY: demo train export calibrate quantize evaluate bench-quant setup test clean help
 .DELETE_ON_ERROR:
 
-demo: $(B)/model.fp32.onnx
+demo: $(B)/eval/onnxruntime-int8.json
 	@echo "demo done: artifacts in $(B)/"
 
 train: $(B)/model.pt
 export: $(B)/model.fp32.onnx
+calibrate: $(B)/calibration/manifest.json
+quantize: $(B)/model.int8.onnx
+evaluate: $(B)/eval/onnxruntime-int8.json
 setup: $(READY)
 
 $(READY): requirements.txt
@@ -51,6 +54,26 @@ $(B)/model.pt: $(CONFIG) | $(READY)
 
 $(B)/model.fp32.onnx: $(B)/model.pt
 	$(PY) -m pipeline export $(ARGS)
+
+$(B)/calibration/manifest.json: $(B)/model.pt
+	$(PY) -m pipeline calibrate $(ARGS)
+
+# one calibration, two renderings: model.int8.onnx (TensorRT rules) and model.int8.cpu.onnx
+$(B)/model.int8.onnx: $(B)/model.fp32.onnx $(B)/calibration/manifest.json
+	$(PY) -m pipeline quantize $(ARGS)
+
+$(B)/eval/onnxruntime-int8.json: $(B)/model.int8.onnx
+	$(PY) -m pipeline evaluate $(ARGS)
+
+# the peer: ONNX Runtime's quantize_static on the same model and manifest
+$(B)/model.int8.ort.onnx: $(B)/model.fp32.onnx $(B)/calibration/manifest.json
+	$(PY) -m pipeline quantize $(ARGS) --method onnxruntime
+
+$(B)/eval/onnxruntime-int8-ort.json: $(B)/model.int8.ort.onnx $(B)/model.int8.onnx
+	$(PY) -m pipeline evaluate $(ARGS)
+
+bench-quant: $(B)/eval/onnxruntime-int8-ort.json
+	$(PY) -m pipeline bench-quant $(ARGS)
 
 test: $(READY)
 	$(PY) -m pytest -q tests

@@ -26,6 +26,7 @@ class Flag:
     key: str
     help: str
     is_switch: bool = False
+    is_text: bool = True  # quoted as a string; False: parsed as a TOML value (numbers)
 
 
 @dataclass(frozen=True)
@@ -41,18 +42,49 @@ COMMON_FLAGS = (
     Flag("--run", "run.name", "run name: artifacts go to build/<run>/ (default: <data>-<model>)"),
     Flag("--data", "data.path", "an ImageFolder tree (train/<class>/*, val/<class>/*)"),
     Flag("--dataset", "data.name", "a named dataset: digits, cifar10, imagenette"),
-    Flag("--model", "model.name", "architecture, e.g. resnet20, resnet18, plain56"),
 )
+ARCH_FLAG = Flag("--model", "model.name", "architecture, e.g. resnet20, resnet18, plain56")
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("train", "pipeline.train", "train a ResNet; writes build/<run>/model.pt",
           "Train a ResNet on the configured dataset. Writes last.pt each epoch, best.pt on "
           "improvement, and model.pt, train.json and train.png when training ends.",
-          (Flag("--resume", "train.resume", "continue from build/<run>/last.pt", is_switch=True),
+          (ARCH_FLAG,
+           Flag("--resume", "train.resume", "continue from build/<run>/last.pt", is_switch=True),
            Flag("--weights", "model.weights", "fine-tune from a torchvision-format state dict"))),
     Stage("export", "pipeline.export", "export model.pt to model.fp32.onnx and check parity",
           "Export build/<run>/model.pt to ONNX (dynamic batch, metadata), run onnx.checker, and "
           "compare ONNX Runtime with PyTorch on real val images; fail above the tolerance."),
+    Stage("calibrate", "pipeline.calibrate", "choose the INT8 calibration set from the train split",
+          "Pick a class-balanced, seeded set of training images (default 512) and write "
+          "build/<run>/calibration/manifest.json with each file's label and sha256.",
+          (Flag("--images", "calibrate.images", "how many images (0: 512, or all when fewer)",
+                is_text=False),
+           Flag("--skip-bad-images", "calibrate.skip_bad_images", "skip unreadable images",
+                is_switch=True))),
+    Stage("quantize", "pipeline.quantize", "INT8 Q/DQ ONNX (TensorRT rules + CPU rendering)",
+          "NNCF post-training quantization of model.fp32.onnx from the calibration manifest; "
+          "writes model.int8.onnx (TensorRT rules, checked), model.int8.cpu.onnx (UINT8 "
+          "activations for ONNX Runtime on x86) and quantize.json.",
+          (Flag("--method", "quantize.method", "nncf (default) or onnxruntime (the peer)"),
+           Flag("--max-drop", "quantize.max_drop", "accuracy budget: max top-1 drop, e.g. 0.005",
+                is_text=False))),
+    Stage("evaluate", "pipeline.evaluate", "accuracy of the run's models, INT8 vs FP32",
+          "Top-1/top-5, per-class accuracy and confusion on the val split for every model of "
+          "the run, with INT8-vs-FP32 agreement; or --model FILE --data DIR for any model.",
+          (Flag("--model", "evaluate.model", "score this model file (.pt or .onnx)"),
+           Flag("--out", "evaluate.out", "write the standalone result as JSON"))),
+    Stage("check-qdq", "calibration.check", "check a Q/DQ ONNX against TensorRT's rules",
+          "Check every QuantizeLinear/DequantizeLinear of --model FILE: signed INT8, zero point "
+          "0, per-tensor activation and per-channel (output axis) weight scales, finite > 0.",
+          (Flag("--model", "evaluate.model", "the Q/DQ ONNX to check"),)),
+    Stage("cache-to-qdq", "calibration.from_cache", "TensorRT calibration cache -> Q/DQ ONNX",
+          "Insert Q/DQ nodes (TensorRT rules) into build/<run>/model.fp32.onnx from the "
+          "per-tensor scales of a TensorRT calibration cache; writes model.int8.from-cache.onnx.",
+          (Flag("--cache", "quantize.cache", "the calibration cache file"),)),
+    Stage("bench-quant", "pipeline.bench_quant", "FP32 vs INT8 renderings vs peer: accuracy, latency",
+          "Side by side in one run: top-1, drop and agreement (from eval/) and ONNX Runtime "
+          "batch-1 latency, interleaved, same threads; writes bench/quant.json and quant.png."),
     Stage("models", "pipeline.models.listing", "list the model names",
           "List every registered architecture with its family and depth."),
 )}
@@ -83,7 +115,7 @@ def overrides(args: argparse.Namespace, stage: Stage) -> list[str]:
         if flag.is_switch and value:
             sets.append(f"{flag.key}=true")
         elif not flag.is_switch and value is not None:
-            sets.append(f"{flag.key}={json.dumps(value)}")  # a TOML basic string
+            sets.append(f"{flag.key}={json.dumps(value) if flag.is_text else value}")
     return sets
 
 

@@ -140,12 +140,57 @@ class ExportConfig:
     opset: int = 18
     parity_images: int = 256
     atol: float = 1e-3
+    rtol: float = 1e-3
     min_agreement: float = 0.99
 
     def __post_init__(self) -> None:
         _require(self.opset >= 17, "export.opset", "an opset >= 17", self.opset)
         _require(self.parity_images >= 1, "export.parity_images", "an integer >= 1", self.parity_images)
         _require(0 <= self.min_agreement <= 1, "export.min_agreement", "0 <= x <= 1", self.min_agreement)
+        _require(self.atol >= 0 and self.rtol >= 0, "export.atol/rtol", "values >= 0", (self.atol, self.rtol))
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """The INT8 calibration set: ``images`` 0 means 512, or the whole split when smaller."""
+
+    images: int = 0
+    skip_bad_images: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.images >= 0, "calibrate.images", "0 (default) or a positive count", self.images)
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Post-training INT8 quantization."""
+
+    method: str = "nncf"
+    fast_bias_correction: bool = True
+    cache: str = ""
+    max_drop: float = 0.0
+    control_images: int = 500
+
+    def __post_init__(self) -> None:
+        _one_of("quantize.method", self.method, ("nncf", "onnxruntime"))
+        _require(0 <= self.max_drop < 1, "quantize.max_drop", "0 (off) or a top-1 drop in (0, 1)",
+                 self.max_drop)
+        _require(self.control_images >= 1, "quantize.control_images", "an integer >= 1",
+                 self.control_images)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Scoring on the val split; ``model`` set scores that one file (any labelled folder)."""
+
+    model: str = ""
+    out: str = ""
+    batch_size: int = 32
+    threads: int = 0
+    bench_runs: int = 200
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "evaluate.batch_size", "an integer >= 1", self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -158,6 +203,9 @@ class Config:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     @property
     def run_name(self) -> str:
@@ -301,5 +349,5 @@ def _toml_value(value: Any) -> str:
 
 __all__ = [
     "Config", "RunConfig", "DataConfig", "ModelConfig", "PreprocessConfig", "TrainConfig",
-    "ExportConfig", "load_config", "config_to_dict", "config_from_dict", "dump_toml",
+    "ExportConfig", "CalibrateConfig", "QuantizeConfig", "EvaluateConfig", "load_config", "config_to_dict", "config_from_dict", "dump_toml",
 ]

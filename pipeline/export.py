@@ -49,7 +49,8 @@ def run(cfg: Config) -> Path:
                                                            ckpt.preprocessing.input_size]},
                       output={"name": OUTPUT_NAME, "shape": ["batch", len(ckpt.classes)]},
                       parity=parity.to_dict(),
-                      tolerance={"atol": cfg.export.atol, "min_agreement": cfg.export.min_agreement},
+                      tolerance={"atol": cfg.export.atol, "rtol": cfg.export.rtol,
+                                 "min_agreement": cfg.export.min_agreement},
                       config=config_to_dict(cfg))
         write_json(sidecar_path(onnx_path), record)
     print(f"exported {onnx_path}: max |ONNX - torch| {parity.max_abs_error:.2e}, top-1 agreement "
@@ -113,12 +114,13 @@ def check_parity(model: nn.Module, onnx_path: Path, inputs: np.ndarray, labels: 
                  cfg: ExportConfig, name: Path | None = None) -> Parity:
     """ONNX Runtime vs PyTorch; above the tolerance the export is refused."""
     runner = OnnxRuntimeRunner(onnx_path)
-    parity = compare_runners(TorchRunner(model), runner, _batches(inputs, labels, 64))
+    parity = compare_runners(TorchRunner(model), runner, _batches(inputs, labels, 64), cfg.atol, cfg.rtol)
     runner.close()
     where = name or onnx_path
-    if parity.max_abs_error > cfg.atol:
+    if parity.tolerance_ratio > 1:
         raise ExportError(f"{where}: ONNX Runtime differs from PyTorch by up to "
-                          f"{parity.max_abs_error:.3g} (export.atol is {cfg.atol:g})")
+                          f"{parity.max_abs_error:.3g} (relative {parity.max_rel_error:.3g}), beyond "
+                          f"export.atol={cfg.atol:g} + export.rtol={cfg.rtol:g} x |logit|")
     if parity.top1_agreement < cfg.min_agreement:
         raise ExportError(f"{where}: ONNX Runtime agrees with PyTorch on only "
                           f"{parity.top1_agreement:.2%} of top-1 labels "

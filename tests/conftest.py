@@ -90,3 +90,18 @@ def datasets_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_shapes_tree(tmp_path_factory.mktemp("shapes"))
+
+
+DIGITS = dict(train__epochs=3, train__batch_size=64, train__lr=0.1, export__parity_images=64)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory, datasets_root: Path) -> Config:
+    """resnet20 trained for three epochs on digits and exported: shared by many tests."""
+    from pipeline import export, train
+
+    tmp = tmp_path_factory.mktemp("digits-run")
+    cfg = make_config(tmp, data__root=str(datasets_root), **DIGITS)
+    train.run(cfg)
+    export.run(cfg)
+    return cfg

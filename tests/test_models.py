@@ -19,6 +19,16 @@ PAPER_PARAMS = {"resnet20": 0.27e6, "resnet56": 0.85e6, "resnet110": 1.7e6}
 TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet50": 25_557_032}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Inputs here are tiny, so intra-op threads only add sync cost; on a busy 2-core
+    machine (a training run beside the tests) they made a resnet152 forward 70x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _input(family: str, n: int = 2) -> torch.Tensor:
     size = 32 if family == "cifar" else 64
     return torch.randn(n, 3, size, size)  # (N, 3, H, W)

@@ -1,5 +1,8 @@
 """Parity between two runners on the same inputs, as Polygraphy's comparator does for
-classifiers: the largest logit difference and the top-1 agreement, both recorded."""
+classifiers: the largest logit difference and the top-1 agreement, both recorded.
+
+Closeness is judged per value as ``|a - b| <= atol + rtol * |a|`` (numpy's ``isclose``):
+a purely absolute bound fails a healthy export of a model whose logits are large."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -18,6 +21,8 @@ class Parity:
     images: int
     max_abs_error: float
     mean_abs_error: float
+    max_rel_error: float
+    tolerance_ratio: float   # max of |a - b| / (atol + rtol * |a|); <= 1 means within tolerance
     top1_agreement: float
     reference_top1: float | None = None
     candidate_top1: float | None = None
@@ -27,15 +32,30 @@ class Parity:
 
 
 def compare_runners(reference: Runner, candidate: Runner,
-                    batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Parity:
+                    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                    atol: float = 1e-3, rtol: float = 1e-3) -> Parity:
     """Run both on every (inputs, labels) batch and summarise the differences."""
-    max_err, err_sum, values, agree, hits_a, hits_b, count = 0.0, 0.0, 0, 0, 0, 0, 0
+    worst = {"abs": 0.0, "rel": 0.0, "ratio": 0.0}
+    err_sum, values, agree, hits_a, hits_b, count = 0.0, 0, 0, 0, 0, 0
     for inputs, labels in batches:
-        a, b = reference.run(inputs), candidate.run(inputs)
-        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        max_err, err_sum, values = max(max_err, float(diff.max())), err_sum + float(diff.sum()), values + diff.size
+        a = reference.run(inputs).astype(np.float64)
+        b = candidate.run(inputs).astype(np.float64)
+        _update_worst(worst, a, np.abs(a - b), atol, rtol)
+        err_sum, values = err_sum + float(np.abs(a - b).sum()), values + a.size
         top_a, top_b = a.argmax(1), b.argmax(1)
         agree += int((top_a == top_b).sum())
-        hits_a, hits_b, count = hits_a + int((top_a == labels).sum()), hits_b + int((top_b == labels).sum()), count + len(labels)
-    return Parity(count, max_err, err_sum / max(1, values), agree / max(1, count),
-                  hits_a / max(1, count), hits_b / max(1, count))
+        hits_a, hits_b = hits_a + int((top_a == labels).sum()), hits_b + int((top_b == labels).sum())
+        count += len(labels)
+    n = max(1, count)
+    return Parity(count, worst["abs"], err_sum / max(1, values), worst["rel"], worst["ratio"],
+                  agree / n, hits_a / n, hits_b / n)
+
+
+def _update_worst(worst: dict[str, float], a: np.ndarray, diff: np.ndarray,
+                  atol: float, rtol: float) -> None:
+    scale = np.abs(a)
+    worst["abs"] = max(worst["abs"], float(diff.max()))
+    worst["rel"] = max(worst["rel"], float((diff / np.maximum(scale, 1e-12)).max()))
+    bound = atol + rtol * scale
+    ratio = np.where(bound > 0, diff / np.where(bound > 0, bound, 1), np.where(diff > 0, np.inf, 0))
+    worst["ratio"] = max(worst["ratio"], float(ratio.max()))

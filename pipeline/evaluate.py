@@ -1,0 +1,145 @@
+"""The evaluate stage: top-1/top-5, per-class accuracy and confusion of any model on the
+val split, through the Runner interface, and INT8-vs-FP32 agreement with flipped images.
+
+In a run it scores every model the run has (FP32 ONNX, both INT8 renderings, the
+checkpoint) on the same decoded images and writes ``eval/<runtime>-<precision>.json``;
+with ``--model FILE --data DIR`` it scores any model on any labelled folder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.artifacts import provenance, write_json
+from pipeline.config import Config
+from pipeline.data import ImageSplit, open_dataset
+from pipeline.data.folder import scan_split
+from pipeline.data.memory import load_files
+from pipeline.errors import DataError
+from pipeline.preprocess import Preprocessing
+from pipeline.runners.registry import ModelInfo, open_model
+
+# the run's models and the label each gets in eval/<runtime>-<label>.json
+RUN_MODELS = {"model.fp32.onnx": "fp32", "model.int8.onnx": "int8", "model.int8.cpu.onnx": "int8-cpu",
+              "model.int8.ort.onnx": "int8-ort"}
+
+
+@dataclass
+class Scores:
+    """Predictions of one model on one split, and the figures derived from them."""
+
+    info: ModelInfo
+    top1: np.ndarray      # (N,) predicted class
+    top5_hit: np.ndarray  # (N,) bool
+    confidence: np.ndarray  # (N,) softmax probability of the top-1 class
+    labels: np.ndarray
+
+    def summary(self) -> dict[str, Any]:
+        classes = len(self.info.classes)
+        confusion = np.zeros((classes, classes), dtype=np.int64)
+        np.add.at(confusion, (self.labels, self.top1), 1)
+        per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+        return {"images": int(len(self.labels)), "top1": float((self.top1 == self.labels).mean()),
+                "top5": float(self.top5_hit.mean()),
+                "per_class": dict(zip(self.info.class_names, map(float, per_class))),
+                "confusion": confusion.tolist()}
+
+
+def run(cfg: Config) -> Path:
+    """Score the run's models (or ``evaluate.model``) and return the last JSON written."""
+    if cfg.evaluate.model:
+        return evaluate_file(cfg)
+    out = cfg.run_dir
+    split = open_dataset(cfg.data).split("val")
+    models = [out / name for name in RUN_MODELS if (out / name).is_file()]
+    if not models:
+        raise DataError(f"{out}: no model to evaluate (expected {', '.join(RUN_MODELS)})")
+    cache: dict[Preprocessing, np.ndarray] = {}
+    scores = [score_model(m, split, cfg, cache) for m in models]
+    reference = scores[0]
+    written = [_write(s, reference, split, out / "eval", cfg) for s in scores]
+    print_table(scores, reference)
+    return written[-1]
+
+
+def evaluate_file(cfg: Config) -> Path | None:
+    """``evaluate --model FILE --data DIR``: any model on an ImageFolder tree or one split."""
+    model = Path(cfg.evaluate.model)
+    _, info = open_model(model, cfg.evaluate.threads)
+    split = _split_for(Path(cfg.data.path), info) if cfg.data.path else open_dataset(cfg.data).split("val")
+    scores = score_model(model, split, cfg, {})
+    print_table([scores], scores)
+    if not cfg.evaluate.out:
+        return None
+    return write_json(Path(cfg.evaluate.out), {**provenance("evaluate", {"model": model}),
+                                               "data": str(split.root), **scores.summary()})
+
+
+def score_model(path: Path, split: ImageSplit, cfg: Config,
+                cache: dict[Preprocessing, np.ndarray]) -> Scores:
+    """Run ``path`` over ``split``; images are decoded once per preprocessing definition."""
+    runner, info = open_model(path, cfg.evaluate.threads)
+    if tuple(split.classes) != info.classes:
+        raise DataError(f"{split.root}: classes ({len(split.classes)}) differ from {path}'s "
+                        f"({len(info.classes)}); the model was trained on other data")
+    if info.preprocessing not in cache:
+        images = load_files(split.files, info.preprocessing.prepare, cfg.data.workers, f"load {split.root}")
+        cache[info.preprocessing] = info.preprocessing.normalize(images).numpy()
+    inputs = cache[info.preprocessing]
+    logits = np.concatenate([runner.run(inputs[i:i + cfg.evaluate.batch_size])
+                             for i in range(0, len(inputs), cfg.evaluate.batch_size)])
+    runner.close()
+    labels = np.asarray(split.labels)
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    probs = _softmax(logits)
+    return Scores(info, logits.argmax(1), (top5 == labels[:, None]).any(1), probs.max(1), labels)
+
+
+def compare(candidate: Scores, reference: Scores, files: tuple[Path, ...]) -> dict[str, Any]:
+    """Top-1 agreement with the reference and the images whose label flipped."""
+    flipped = np.nonzero(candidate.top1 != reference.top1)[0]
+    names = candidate.info.class_names
+    return {"reference": str(reference.info.path),
+            "top1_agreement": float((candidate.top1 == reference.top1).mean()),
+            "top1_drop": float((reference.top1 == reference.labels).mean()
+                               - (candidate.top1 == candidate.labels).mean()),
+            "mean_confidence_change": float((candidate.confidence - reference.confidence).mean()),
+            "flipped": [{"file": str(files[i]), "label": names[candidate.labels[i]],
+                         "reference": names[reference.top1[i]], "candidate": names[candidate.top1[i]]}
+                        for i in flipped]}
+
+
+def print_table(scores: list[Scores], reference: Scores) -> None:
+    print(f"{'runtime':<12} {'precision':<9} {'top-1':>7} {'top-5':>7} {'drop':>7} {'agree':>7}  model")
+    base = float((reference.top1 == reference.labels).mean())
+    for s in scores:
+        top1 = float((s.top1 == s.labels).mean())
+        agree = float((s.top1 == reference.top1).mean())
+        print(f"{s.info.runtime:<12} {s.info.precision:<9} {top1:>7.2%} {s.top5_hit.mean():>7.2%} "
+              f"{100 * (base - top1):>6.2f}p {agree:>7.2%}  {s.info.path.name}")
+
+
+def _write(scores: Scores, reference: Scores, split: ImageSplit, folder: Path, cfg: Config) -> Path:
+    label = RUN_MODELS.get(scores.info.path.name, scores.info.precision)
+    path = folder / f"{scores.info.runtime}-{label}.json"
+    record = {**provenance("evaluate", {"model": scores.info.path}), "data": str(split.root),
+              "runtime": scores.info.runtime, "precision": scores.info.precision,
+              **scores.summary(), "versus_reference": compare(scores, reference, split.files)}
+    return write_json(path, record)
+
+
+def _split_for(folder: Path, info: ModelInfo) -> ImageSplit:
+    """A tree with ``val/`` is scored on it; otherwise the folder is one split."""
+    if (folder / "val").is_dir():
+        folder = folder / "val"
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder not found")
+    return scan_split(folder, info.classes)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    return shifted / shifted.sum(1, keepdims=True)
