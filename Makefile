@@ -44,9 +44,15 @@ quantize: $(B)/model.int8.onnx
 evaluate: $(B)/eval/onnxruntime-int8.json
 setup: $(READY)
 
+# NVIDIA's TensorRT binding wheels are kept (not installed: they need libnvinfer) so the
+# tests can hold our TensorRT code and its test fake to the real API's names.
+TRT_BINDINGS := tensorrt-cu12-bindings==10.3.0 tensorrt-cu13-bindings==11.4.0.106
+
 $(READY): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt
+	$(VENV)/bin/pip download --disable-pip-version-check -q --no-deps --only-binary=:all: \
+	    --python-version 3.11 -d $(VENV)/trt-bindings $(TRT_BINDINGS)
 	touch $@
 
 $(B)/model.pt: $(CONFIG) | $(READY)

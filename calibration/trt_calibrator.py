@@ -13,24 +13,31 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import MissingDependencyError
+from pipeline.errors import ConfigError, MissingDependencyError
 from pipeline.optional import import_optional
 
 CALIBRATORS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
 
 
-def make_calibrator(trt: Any, algorithm: str, inputs: np.ndarray, batch_size: int,
+def open_calibrator(algorithm: str, inputs: np.ndarray, batch_size: int, cache_path: Path) -> Any:
+    """The calibrator for this machine's TensorRT, with pycuda buffers (imported here)."""
+    trt = import_optional("tensorrt", "for implicit INT8 calibration",
+                          "on a Jetson it comes with JetPack; elsewhere pip install tensorrt")
+    cuda = import_optional("pycuda.driver", "to feed calibration batches to the GPU",
+                           "install pycuda (make setup-device on a Jetson)")
+    import_optional("pycuda.autoinit", "to create a CUDA context", "install pycuda")
+    return make_calibrator(trt, cuda, algorithm, inputs, batch_size, cache_path)
+
+
+def make_calibrator(trt: Any, cuda: Any, algorithm: str, inputs: np.ndarray, batch_size: int,
                     cache_path: Path) -> Any:
-    """A TensorRT calibrator object over ``inputs`` (float32 (N, 3, S, S))."""
+    """A calibrator over ``inputs`` (float32 (N, 3, S, S)), given the two modules."""
     if algorithm not in CALIBRATORS:
-        raise ValueError(f"calibrator: expected one of {', '.join(CALIBRATORS)}, got {algorithm!r}")
+        raise ConfigError(f"calibrator: expected one of {', '.join(CALIBRATORS)}, got {algorithm!r}")
     base = getattr(trt, CALIBRATORS[algorithm], None)
     if base is None:  # TensorRT 11 removed implicit calibration
         raise MissingDependencyError(f"this TensorRT ({getattr(trt, '__version__', '?')}) has no "
                                      f"{CALIBRATORS[algorithm]}; use the Q/DQ model (model.int8.onnx)")
-    cuda = import_optional("pycuda.driver", "to feed calibration batches to the GPU",
-                           "install pycuda (make setup-device on a Jetson)")
-    import_optional("pycuda.autoinit", "to create a CUDA context", "install pycuda")
     return _calibrator_class(base)(cuda, inputs, batch_size, Path(cache_path))
 
 

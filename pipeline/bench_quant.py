@@ -24,7 +24,8 @@ ROUNDS = 10
 
 def run(cfg: Config) -> Path:
     out = cfg.run_dir
-    models = {label: out / name for name, label in RUN_MODELS.items() if (out / name).is_file()}
+    models = {label: out / name for name, label in RUN_MODELS.items()
+              if name.endswith(".onnx") and (out / name).is_file()}  # ONNX Runtime, side by side
     if "fp32" not in models or len(models) < 2:
         raise DataError(f"{out}: bench-quant needs model.fp32.onnx and INT8 models; run make quantize")
     samples = interleaved_latency(models, cfg.evaluate.threads or 2, cfg.evaluate.bench_runs)

@@ -163,16 +163,21 @@ class CalibrateConfig:
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    """Post-training INT8 quantization."""
+    """Post-training INT8 quantization.
+
+    ``bias_correction`` is off by default: on the Imagenette ResNet-18, NNCF's fast bias
+    correction lowered INT8-vs-FP32 top-1 agreement from 99.69% to 98.70% (see the README).
+    """
 
     method: str = "nncf"
-    fast_bias_correction: bool = True
+    bias_correction: str = "off"
     cache: str = ""
     max_drop: float = 0.0
     control_images: int = 500
 
     def __post_init__(self) -> None:
         _one_of("quantize.method", self.method, ("nncf", "onnxruntime"))
+        _one_of("quantize.bias_correction", self.bias_correction, ("off", "fast"))
         _require(0 <= self.max_drop < 1, "quantize.max_drop", "0 (off) or a top-1 drop in (0, 1)",
                  self.max_drop)
         _require(self.control_images >= 1, "quantize.control_images", "an integer >= 1",

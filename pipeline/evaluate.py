@@ -23,8 +23,9 @@ from pipeline.preprocess import Preprocessing
 from pipeline.runners.registry import ModelInfo, open_model
 
 # the run's models and the label each gets in eval/<runtime>-<label>.json
-RUN_MODELS = {"model.fp32.onnx": "fp32", "model.int8.onnx": "int8", "model.int8.cpu.onnx": "int8-cpu",
-              "model.int8.ort.onnx": "int8-ort"}
+# (the first one present is the reference that agreement is measured against)
+RUN_MODELS = {"model.fp32.onnx": "fp32", "model.pt": "fp32", "model.int8.onnx": "int8",
+              "model.int8.cpu.onnx": "int8-cpu", "model.int8.ort.onnx": "int8-ort"}
 
 
 @dataclass

@@ -95,14 +95,14 @@ def require_input_shape(model: onnx.ModelProto, pre: Preprocessing, path: Path) 
 
 def quantize_nncf(model: onnx.ModelProto, inputs: np.ndarray, cfg: QuantizeConfig) -> onnx.ModelProto:
     """NNCF post-training quantization: symmetric INT8 weights per channel, activations per
-    tensor (UINT8 after ReLUs), fast bias correction, every calibration image used."""
+    tensor (UINT8 after ReLUs), every calibration image used."""
     nncf = import_optional("nncf", "to quantize the model (post-training INT8)",
                            "install it with `pip install -r requirements.txt`")
     name = model.graph.input[0].name
     dataset = nncf.Dataset(list(inputs[:, None]), lambda x: {name: x})  # items (1, 3, S, S)
     return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,
                          target_device=nncf.TargetDevice.CPU, subset_size=len(inputs),
-                         fast_bias_correction=cfg.fast_bias_correction)
+                         advanced_parameters=_advanced(nncf, cfg))
 
 
 def quantize_onnxruntime(fp32_path: Path, inputs: np.ndarray, out: Path) -> Path:
@@ -171,7 +171,14 @@ def quantize_nncf_max_drop(model: onnx.ModelProto, inputs: np.ndarray,
     return nncf.quantize_with_accuracy_control(
         model, calibration, validation, top1, max_drop=cfg.max_drop, drop_type=nncf.DropType.ABSOLUTE,
         preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
-        subset_size=len(inputs), fast_bias_correction=cfg.fast_bias_correction)
+        subset_size=len(inputs), advanced_quantization_parameters=_advanced(nncf, cfg))
+
+
+def _advanced(nncf: Any, cfg: QuantizeConfig) -> Any:
+    """NNCF's advanced parameters: bias correction off unless asked for (``fast``)."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    return AdvancedQuantizationParameters(disable_bias_correction=cfg.bias_correction == "off")
 
 
 def float_layers(model: onnx.ModelProto) -> list[str]:

@@ -49,6 +49,8 @@ def test_two_renderings_of_one_calibration(quantized) -> None:
 def test_int8_is_as_accurate_as_fp32(quantized) -> None:
     folder = quantized.run_dir / "eval"
     fp32 = json.loads((folder / "onnxruntime-fp32.json").read_text())
+    torch_fp32 = json.loads((folder / "torch-fp32.json").read_text())
+    assert torch_fp32["top1"] == fp32["top1"] and torch_fp32["versus_reference"]["top1_agreement"] == 1.0
     for name in ("onnxruntime-int8.json", "onnxruntime-int8-cpu.json"):
         int8 = json.loads((folder / name).read_text())
         versus = int8["versus_reference"]
@@ -75,3 +77,88 @@ def test_evaluate_any_model_on_any_labelled_folder(quantized, tmp_path: Path) ->
     result = json.loads((tmp_path / "e.json").read_text())
     offline = json.loads((quantized.run_dir / "eval" / "onnxruntime-int8.json").read_text())
     assert result["top1"] == offline["top1"]
+
+
+def test_accuracy_control_records_its_budget(quantized, tmp_path: Path) -> None:
+    """--max-drop runs NNCF's accuracy control on training images outside the manifest."""
+    run = tmp_path / "ctl"
+    run.mkdir()
+    for name in ("model.fp32.onnx", "calibration"):
+        (run / name).symlink_to(quantized.run_dir / name)
+    cfg = dataclasses.replace(quantized, run=dataclasses.replace(quantized.run, root=str(tmp_path), name="ctl"),
+                              quantize=dataclasses.replace(quantized.quantize, max_drop=0.01, control_images=60))
+    quantize.run(cfg)
+    record = json.loads((run / "quantize.json").read_text())
+    assert record["max_drop"] == 0.01 and isinstance(record["float_layers"], list)
+    assert check_tensorrt_qdq(onnx.load(str(run / "model.int8.onnx"))) == []
+
+
+def test_float_layers_are_the_ones_without_dequantized_weights(quantized) -> None:
+    model = onnx.load(str(quantized.run_dir / "model.int8.onnx"))
+    assert quantize.float_layers(model) == []
+    fp32 = onnx.load(str(quantized.run_dir / "model.fp32.onnx"))
+    layers = [n for n in fp32.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(quantize.float_layers(fp32)) == len(layers)
+
+
+def test_input_shape_must_match_the_preprocessing(quantized) -> None:
+    from pipeline.errors import ExportError
+    from pipeline.preprocess import Preprocessing
+
+    model = onnx.load(str(quantized.run_dir / "model.fp32.onnx"))
+    wrong = Preprocessing(64, 73, (0.3,) * 3, (0.37,) * 3)
+    with pytest.raises(ExportError, match=r"input shape .* does not match the preprocessing \(batch, 3, 64, 64\)"):
+        quantize.require_input_shape(model, wrong, Path("m.onnx"))
+
+
+def test_nan_outputs_stop_calibration(tmp_path: Path) -> None:
+    """A model whose FP32 outputs are NaN on the calibration inputs is refused."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from calibration.feeding import require_finite_outputs
+    from pipeline.errors import DataError
+
+    graph = helper.make_graph([helper.make_node("Log", ["input"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])])
+    path = tmp_path / "log.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    require_finite_outputs(path, np.ones((3, 2), np.float32))
+    with pytest.raises(DataError, match="NaN or infinite outputs on calibration batch 0"):
+        require_finite_outputs(path, -np.ones((3, 2), np.float32))
+
+
+def test_corrupt_calibration_image_is_named_unless_skipped(digits_run, tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.errors import DataError
+
+    data = tmp_path / "digits"
+    shutil.copytree(Path(digits_run.data.root) / "digits", data)
+    bad = sorted((data / "train" / "3").iterdir())[0]
+    bad.write_bytes(b"not a png")
+    base = dataclasses.replace(digits_run, data=dataclasses.replace(digits_run.data, path=str(data)),
+                               run=dataclasses.replace(digits_run.run, root=str(tmp_path), name="c"),
+                               calibrate=dataclasses.replace(digits_run.calibrate, images=len(list((data / "train").rglob("*.png")))))
+    with pytest.raises(DataError, match=f"{bad}"):
+        calibrate.run(base)
+    assert not (tmp_path / "c" / "calibration" / "manifest.json").exists()
+    skipping = dataclasses.replace(base, calibrate=dataclasses.replace(base.calibrate, skip_bad_images=True))
+    with pytest.warns(UserWarning, match="skipped"):
+        calibrate.run(skipping)
+    manifest = json.loads((tmp_path / "c" / "calibration" / "manifest.json").read_text())
+    assert manifest["count"] == base.calibrate.images - 1
+
+
+def test_bench_quant_compares_side_by_side(quantized) -> None:
+    from pipeline import bench_quant
+
+    cfg = dataclasses.replace(quantized, evaluate=dataclasses.replace(quantized.evaluate, bench_runs=20))
+    record = json.loads(bench_quant.run(cfg).read_text())
+    rows = {r["model"]: r for r in record["rows"]}
+    assert set(rows) == {"fp32", "int8", "int8-cpu"}
+    assert rows["fp32"]["latency_ratio_vs_fp32"] == 1.0
+    assert rows["int8"]["latency_ms"]["runs"] == 20 and rows["int8"]["latency_ms"]["p99"] >= rows["int8"]["latency_ms"]["median"]
+    assert rows["int8-cpu"]["size_mb"] < rows["fp32"]["size_mb"]
+    assert (quantized.run_dir / "bench" / "quant.png").is_file()
