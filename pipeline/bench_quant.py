@@ -16,7 +16,7 @@ from pipeline.config import Config
 from pipeline.errors import DataError
 from pipeline.evaluate import RUN_MODELS
 from pipeline.latency import measure_latency, summarize
-from pipeline.plots import plot_latency
+from pipeline.plots import plot_quantization
 from pipeline.runners.registry import open_model
 
 ROUNDS = 10
@@ -33,7 +33,7 @@ def run(cfg: Config) -> Path:
     record = {"threads": cfg.evaluate.threads or 2, "batch": 1, "rows": rows,
               "quantize_seconds": _quantize_seconds(out)}
     path = write_json(out / "bench" / "quant.json", record)
-    plot_latency(samples, out / "bench" / "quant.png")
+    plot_quantization(samples, {r["model"]: r["top1"] for r in rows}, out / "bench" / "quant.png")
     print_rows(rows)
     return path
 

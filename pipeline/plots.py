@@ -42,15 +42,23 @@ def plot_training(history: list[dict[str, Any]], path: Path, title: str) -> Path
     return Path(path)
 
 
-def plot_latency(samples: dict[str, "np.ndarray"], path: Path) -> Path:
-    """Latency distributions side by side, one box per model (batch 1, milliseconds)."""
+def plot_quantization(samples: dict[str, "np.ndarray"], top1: dict[str, float | None], path: Path) -> Path:
+    """Latency distributions (batch 1, ms) and top-1 per model, side by side."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.boxplot(list(samples.values()), showfliers=True)
-    ax.set_xticks(range(1, len(samples) + 1), list(samples))
-    ax.set_ylabel("latency per image (ms), batch 1")
-    ax.set_title("ONNX Runtime CPU latency: FP32 vs INT8")
-    ax.grid(alpha=0.3, axis="y")
+    fig, (ax_lat, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_lat.boxplot(list(samples.values()), showfliers=True)
+    ax_lat.set_xticks(range(1, len(samples) + 1), list(samples))
+    ax_lat.set_ylabel("latency per image (ms), batch 1")
+    ax_lat.set_title("ONNX Runtime CPU latency")
+    labels = [k for k, v in top1.items() if v is not None]
+    bars = ax_acc.bar(labels, [100 * top1[k] for k in labels], color="tab:blue")
+    ax_acc.bar_label(bars, fmt="%.2f")
+    low = min((100 * top1[k] for k in labels), default=0)
+    ax_acc.set_ylim(max(0, low - 5), 100)
+    ax_acc.set_ylabel("val top-1 (%)")
+    ax_acc.set_title("accuracy per precision")
+    for ax in (ax_lat, ax_acc):
+        ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
