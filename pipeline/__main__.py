@@ -85,6 +85,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("bench-quant", "pipeline.bench_quant", "FP32 vs INT8 renderings vs peer: accuracy, latency",
           "Side by side in one run: top-1, drop and agreement (from eval/) and ONNX Runtime "
           "batch-1 latency, interleaved, same threads; writes bench/quant.json and quant.png."),
+    Stage("targets", "targets.listing", "list target profiles and which fits this machine",
+          "List the TensorRT/ONNX Runtime target profiles in targets/, the facts detected "
+          "about this machine (Jetson model, L4T/JetPack, GPU, TensorRT) and which profile fits."),
     Stage("models", "pipeline.models.listing", "list the model names",
           "List every registered architecture with its family and depth."),
 )}

@@ -228,7 +228,7 @@ def load_config(path: Path | None = None, sets: list[str] | tuple[str, ...] = ()
     source = "defaults"
     if path is not None:
         source = str(path)
-        raw = _read_toml(Path(path))
+        raw = read_toml(Path(path))
     for item in sets:
         _apply_set(raw, item)
     try:
@@ -240,6 +240,15 @@ def load_config(path: Path | None = None, sets: list[str] | tuple[str, ...] = ()
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """Plain dict (tuples as lists), for checkpoints, sidecars and :func:`dump_toml`."""
     return _plain(dataclasses.asdict(cfg))
+
+
+def build_dataclass(cls: type, raw: dict[str, Any], source: str) -> Any:
+    """Any frozen config dataclass from a TOML table, with the same checks as :class:`Config`
+    (unknown keys and wrong types refused, naming ``source`` and the key)."""
+    try:
+        return _build(cls, raw, "", source)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config:
@@ -257,7 +266,7 @@ def dump_toml(cfg: Config) -> str:
     return "\n".join(lines)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
@@ -354,5 +363,5 @@ def _toml_value(value: Any) -> str:
 
 __all__ = [
     "Config", "RunConfig", "DataConfig", "ModelConfig", "PreprocessConfig", "TrainConfig",
-    "ExportConfig", "CalibrateConfig", "QuantizeConfig", "EvaluateConfig", "load_config", "config_to_dict", "config_from_dict", "dump_toml",
+    "ExportConfig", "CalibrateConfig", "QuantizeConfig", "EvaluateConfig", "load_config", "build_dataclass", "read_toml", "config_to_dict", "config_from_dict", "dump_toml",
 ]

@@ -1,0 +1,98 @@
+"""Target profiles: what an engine for one kind of device is built with and held to.
+
+One TOML file per profile in this folder. A profile that asks for something its device
+cannot give (a DLA on a device without one, INT8 on a GPU without INT8 kernels) is
+refused when it is loaded, naming the file and the field: never downgraded silently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import build_dataclass, read_toml
+from pipeline.errors import ConfigError
+
+PROFILE_DIR = Path(__file__).resolve().parent
+# Lowest compute capability with the kernels for each precision (TensorRT support matrix).
+MIN_CAPABILITY = {"int8": 6.1, "fp16": 5.3, "fp32": 0.0}
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """Runtime, precision, DLA, builder settings, input shapes and the report's budgets."""
+
+    name: str
+    description: str
+    kind: str                      # cpu, jetson, desktop, datacenter
+    runtime: str = "tensorrt"      # tensorrt or onnxruntime
+    precision: str = "int8"        # int8, fp16, fp32
+    compute_capability: float = 0.0  # the device's (Jetson) or the lowest accepted (GPUs)
+    device_model: str = ""         # device-tree model substring that identifies a Jetson
+    has_dla: bool = False
+    dla_core: int = -1             # -1: GPU only
+    gpu_fallback: bool = True
+    calibrator: str = ""           # "": explicit Q/DQ; entropy/minmax: implicit (TensorRT 10)
+    workspace_mb: int = 1024
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    optimization_level: int = 3
+    timing_cache: str = ""
+    max_accuracy_drop: float = 0.005
+    latency_p99_ms: float = 0.0    # 0: no latency budget
+
+    def __post_init__(self) -> None:
+        _choice("kind", self.kind, ("cpu", "jetson", "desktop", "datacenter"))
+        _choice("runtime", self.runtime, ("tensorrt", "onnxruntime"))
+        _choice("precision", self.precision, tuple(MIN_CAPABILITY))
+        _choice("calibrator", self.calibrator, ("", "entropy", "minmax"))
+        self._check_device()
+        self._check_shapes()
+
+    def _check_device(self) -> None:
+        if self.dla_core >= 0 and not self.has_dla:
+            raise ConfigError(f"dla_core: this device has no DLA (has_dla = false), got {self.dla_core}")
+        if self.runtime == "tensorrt" and self.compute_capability < MIN_CAPABILITY[self.precision]:
+            raise ConfigError(f"precision: {self.precision} needs compute capability >= "
+                              f"{MIN_CAPABILITY[self.precision]}, this GPU has {self.compute_capability}")
+        if self.kind == "jetson" and not self.device_model:
+            raise ConfigError("device_model: a Jetson profile must name its device-tree model")
+        if self.runtime == "onnxruntime" and (self.has_dla or self.calibrator):
+            raise ConfigError("runtime: onnxruntime profiles take no DLA or TensorRT calibrator")
+
+    def _check_shapes(self) -> None:
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ConfigError(f"min/opt/max_batch: expected 1 <= min <= opt <= max, got "
+                              f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
+        if not 0 <= self.optimization_level <= 5:
+            raise ConfigError(f"optimization_level: expected 0..5, got {self.optimization_level}")
+        if self.workspace_mb < 1:
+            raise ConfigError(f"workspace_mb: expected a positive size, got {self.workspace_mb}")
+
+
+def load_profile(path: Path) -> TargetProfile:
+    """Read one profile; every refusal names the file and the field."""
+    path = Path(path)
+    raw = read_toml(path)
+    raw.setdefault("name", path.stem)
+    return build_dataclass(TargetProfile, raw, str(path))
+
+
+def load_profiles(folder: Path = PROFILE_DIR) -> dict[str, TargetProfile]:
+    """Every ``*.toml`` profile in ``folder``, by name."""
+    profiles = [load_profile(p) for p in sorted(Path(folder).glob("*.toml"))]
+    return {p.name: p for p in profiles}
+
+
+def get_profile(name: str, folder: Path = PROFILE_DIR) -> TargetProfile:
+    """A profile by name; an unknown name lists the choices."""
+    profiles = load_profiles(folder)
+    if name not in profiles:
+        raise ConfigError(f"unknown target '{name}'; choose one of: {', '.join(profiles)}, or jetson")
+    return profiles[name]
+
+
+def _choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{field}: expected one of {listed}, got {value!r}")
