@@ -31,7 +31,7 @@ B := build/$(RUN)
 ARGS = --config $(CONFIG) --run $(RUN) --set model.name=$(MODEL) \
        $(if $(DATA),--data $(DATA),--dataset $(DATASET)) $(SET)
 
-.PHONY: demo train export calibrate quantize evaluate bench-quant setup test clean help
+.PHONY: demo train export calibrate quantize evaluate bench-quant engine bundle targets setup setup-device test clean help
 .DELETE_ON_ERROR:
 
 demo: $(B)/eval/onnxruntime-int8.json
@@ -80,6 +80,32 @@ $(B)/eval/onnxruntime-int8-ort.json: $(B)/model.int8.ort.onnx $(B)/model.int8.on
 
 bench-quant: $(B)/eval/onnxruntime-int8-ort.json
 	$(PY) -m pipeline bench-quant $(ARGS)
+
+# --- deployment: TensorRT engines are built on the machine that runs them -------------
+TARGET ?= cpu
+BUNDLE ?=
+DEVICE_VENV ?= .venv-device
+DEVICE_PY := $(DEVICE_VENV)/bin/python
+ON_JETSON := $(wildcard /etc/nv_tegra_release)
+ENGINE_PY := $(if $(ON_JETSON),$(DEVICE_PY),$(PY))
+ENGINE_READY := $(if $(ON_JETSON),$(DEVICE_VENV)/.installed,$(READY))
+
+engine: | $(ENGINE_READY)
+	$(ENGINE_PY) -m pipeline engine $(ARGS) --target $(TARGET) $(if $(BUNDLE),--bundle $(BUNDLE))
+
+bundle: $(B)/model.int8.onnx
+	$(PY) -m pipeline bundle $(ARGS) --target $(TARGET)
+
+targets: | $(READY)
+	$(PY) -m pipeline targets
+
+# The device side: the system's TensorRT and OpenCV (JetPack's, with GStreamer) through
+# system site packages, plus only what deployment needs. No torch, no NNCF.
+setup-device: $(DEVICE_VENV)/.installed
+$(DEVICE_VENV)/.installed: requirements-device.txt
+	$(PYTHON) -m venv --system-site-packages $(DEVICE_VENV)
+	$(DEVICE_VENV)/bin/pip install --disable-pip-version-check -q -r requirements-device.txt
+	touch $@
 
 test: $(READY)
 	$(PY) -m pytest -q tests

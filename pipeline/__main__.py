@@ -85,6 +85,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("bench-quant", "pipeline.bench_quant", "FP32 vs INT8 renderings vs peer: accuracy, latency",
           "Side by side in one run: top-1, drop and agreement (from eval/) and ONNX Runtime "
           "batch-1 latency, interleaved, same threads; writes bench/quant.json and quant.png."),
+    Stage("engine", "pipeline.engine", "build TensorRT engines for a target profile",
+          "Build engines/<target>/model.<precision>.engine (and the FP32 reference engine) from "
+          "the Q/DQ or FP32 ONNX, on the machine that will run them; --target jetson detects "
+          "the Jetson model. Needs TensorRT and pycuda.",
+          (Flag("--target", "engine.target", "a profile in targets/ (see `targets`) or jetson"),
+           Flag("--bundle", "engine.bundle", "build from a bundle made by `bundle` (on the device)"))),
+    Stage("bundle", "pipeline.bundle", "pack the ONNX models, manifest and labels for a device",
+          "Write build/<run>/bundle-<target>.tar.gz with the ONNX models, calibration manifest, "
+          "labels, target profiles and SHA256SUMS, to build the engine on the device.",
+          (Flag("--target", "engine.target", "the target the bundle is for"),)),
     Stage("targets", "targets.listing", "list target profiles and which fits this machine",
           "List the TensorRT/ONNX Runtime target profiles in targets/, the facts detected "
           "about this machine (Jetson model, L4T/JetPack, GPU, TensorRT) and which profile fits."),

@@ -199,6 +199,14 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """TensorRT engines: ``target`` a profile name in targets/ or ``jetson`` (detected)."""
+
+    target: str = "cpu"
+    bundle: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole pipeline's configuration, one section a stage or concern."""
 
@@ -211,6 +219,7 @@ class Config:
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     @property
     def run_name(self) -> str:

@@ -24,13 +24,13 @@ from pipeline.config import Config, ExportConfig, config_to_dict
 from pipeline.data import ImageSplit, open_dataset
 from pipeline.data.memory import load_files
 from pipeline.errors import ExportError
+from pipeline.onnx_meta import set_metadata
 from pipeline.runners import Parity, compare_runners
 from pipeline.runners.onnxruntime_runner import OnnxRuntimeRunner
 from pipeline.runners.torch_runner import TorchRunner
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-META_PREFIX = "edgeresnet."
 
 
 def run(cfg: Config) -> Path:
@@ -70,7 +70,7 @@ def export_onnx(model: nn.Module, ckpt: Checkpoint, path: Path, opset: int, ckpt
     except Exception as exc:  # the exporter raises many types; the user needs the first line
         raise ExportError(f"{ckpt.path}: ONNX export failed ({str(exc).splitlines()[0]})") from None
     proto = program.model_proto
-    _set_metadata(proto, ckpt_metadata(ckpt, ckpt_sha256))
+    set_metadata(proto, ckpt_metadata(ckpt, ckpt_sha256))
     onnx.save(proto, str(path))
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -87,17 +87,6 @@ def ckpt_metadata(ckpt: Checkpoint, ckpt_sha256: str) -> dict[str, str]:
         "model": json.dumps({"name": ckpt.model_name, "options": ckpt.model_options}),
         "checkpoint_sha256": ckpt_sha256,
     }
-
-
-def read_metadata(path: Path) -> dict[str, Any]:
-    """Our ``metadata_props`` of an ONNX file, JSON values decoded."""
-    proto = onnx.load(str(path), load_external_data=False)
-    meta = {}
-    for prop in proto.metadata_props:
-        if prop.key.startswith(META_PREFIX):
-            key = prop.key[len(META_PREFIX):]
-            meta[key] = prop.value if key.endswith("sha256") else json.loads(prop.value)
-    return meta
 
 
 def parity_inputs(split: ImageSplit, ckpt: Checkpoint, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -131,12 +120,3 @@ def check_parity(model: nn.Module, onnx_path: Path, inputs: np.ndarray, labels: 
 def _batches(inputs: np.ndarray, labels: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for start in range(0, len(inputs), size):
         yield inputs[start:start + size], labels[start:start + size]
-
-
-def _set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
-    keep = [p for p in proto.metadata_props if not p.key.startswith(META_PREFIX)]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for key, value in values.items():
-        proto.metadata_props.add(key=META_PREFIX + key, value=value)
-    proto.producer_name = "edgeresnet"

@@ -12,20 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as TF
-from torchvision.transforms.v2 import InterpolationMode
 
 from pipeline.config import PreprocessConfig
 from pipeline.errors import DataError
 
-_INTERPOLATION = {
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "nearest": InterpolationMode.NEAREST,
-}
+if TYPE_CHECKING:
+    import torch
+
+# torch and torchvision are imported inside the methods that use them: the definition
+# itself (read from a checkpoint or ONNX metadata) must load on a device without torch.
 
 
 @dataclass(frozen=True)
@@ -62,16 +61,23 @@ class Preprocessing:
     @staticmethod
     def to_tensor(image: np.ndarray) -> torch.Tensor:
         """RGB uint8 (H, W, 3) array → uint8 (3, H, W) tensor, no copy where possible."""
+        import torch
+
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
 
     def resize_crop(self, tensor: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
         """Resize the shorter side to ``resize`` and centre-crop ``crop`` (uint8 in, uint8 out)."""
-        mode = _INTERPOLATION[self.interpolation]
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        mode = InterpolationMode[self.interpolation.upper()]
         tensor = TF.resize(tensor, [resize], interpolation=mode, antialias=True)
         return TF.center_crop(tensor, [crop, crop])
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, S, S) → float32 (N, 3, S, S) with this definition's mean and std."""
+        import torch
+
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
         return (batch.to(torch.float32) * self.scale - mean) / std

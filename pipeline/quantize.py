@@ -25,7 +25,7 @@ from pipeline.config import Config, QuantizeConfig, config_to_dict
 from pipeline.data import open_dataset
 from pipeline.data.memory import load_files
 from pipeline.errors import ExportError, StaleArtifactError
-from pipeline.export import read_metadata
+from pipeline.onnx_meta import read_metadata
 from pipeline.optional import import_optional
 from pipeline.preprocess import Preprocessing
 

@@ -105,3 +105,17 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory, datasets_root: Path) ->
     train.run(cfg)
     export.run(cfg)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def quantized_run(digits_run: Config) -> Config:
+    """The digits run calibrated (100 images), quantized and evaluated."""
+    import dataclasses
+
+    from pipeline import calibrate, evaluate, quantize
+
+    cfg = dataclasses.replace(digits_run, calibrate=dataclasses.replace(digits_run.calibrate, images=100))
+    calibrate.run(cfg)
+    quantize.run(cfg)
+    evaluate.run(cfg)
+    return cfg

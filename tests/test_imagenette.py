@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import export, train
+from pipeline.onnx_meta import read_metadata
 from pipeline.artifacts import sidecar_path
 from pipeline.checkpoint import load_checkpoint
 from tests.conftest import SHARED_IMAGENETTE, make_config
@@ -39,4 +40,4 @@ def test_photos_recipe_trains_and_exports_on_real_jpegs(tmp_path: Path) -> None:
     assert [h["size"] for h in ckpt.history] == [48, 56]
     parity = json.loads(sidecar_path(onnx_path).read_text())["parity"]
     assert parity["images"] == 40 and parity["top1_agreement"] >= 0.99
-    assert export.read_metadata(onnx_path)["class_names"][0] == "tench"
+    assert read_metadata(onnx_path)["class_names"][0] == "tench"

@@ -17,12 +17,8 @@ from tests.test_cli import cli
 
 
 @pytest.fixture(scope="module")
-def quantized(digits_run):
-    cfg = dataclasses.replace(digits_run, calibrate=dataclasses.replace(digits_run.calibrate, images=100))
-    calibrate.run(cfg)
-    quantize.run(cfg)
-    evaluate.run(cfg)
-    return cfg
+def quantized(quantized_run):
+    return quantized_run
 
 
 def test_manifest_is_balanced_and_from_train(quantized) -> None:

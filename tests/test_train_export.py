@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 from pipeline import export, train
+from pipeline.onnx_meta import read_metadata
 from pipeline.artifacts import sha256_file, sidecar_path
 from pipeline.checkpoint import FORMAT, load_checkpoint
 from pipeline.errors import CheckpointError, ExportError
@@ -48,7 +49,7 @@ def test_onnx_has_fixed_names_dynamic_batch_and_metadata(digits_run) -> None:
     assert proto.opset_import[0].version >= 17
     assert [i.name for i in proto.graph.input] == ["input"]
     assert [o.name for o in proto.graph.output] == ["logits"]
-    meta = export.read_metadata(path)
+    meta = read_metadata(path)
     assert meta["classes"] == [str(d) for d in range(10)]
     assert meta["preprocessing"]["input_size"] == 32
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

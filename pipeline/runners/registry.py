@@ -52,7 +52,7 @@ def _open_checkpoint(path: Path, threads: int) -> tuple[Runner, ModelInfo]:
 
 
 def _open_onnx(path: Path, threads: int) -> tuple[Runner, ModelInfo]:
-    from pipeline.export import read_metadata
+    from pipeline.onnx_meta import read_metadata
     from pipeline.runners.onnxruntime_runner import OnnxRuntimeRunner
 
     meta = read_metadata(path)
@@ -78,7 +78,20 @@ def onnx_precision(path: Path) -> str:
     return "int8-cpu" if uint8 else "int8"
 
 
+def _open_engine(path: Path, threads: int) -> tuple[Runner, ModelInfo]:
+    from pipeline.engine import import_tensorrt
+    from pipeline.optional import import_optional
+    from pipeline.runners.tensorrt_runner import open_engine
+    from targets.detect import detect_platform
+
+    trt = import_tensorrt(detect_platform())
+    cuda = import_optional("pycuda.driver", "for TensorRT's device buffers", "make setup-device installs pycuda")
+    import_optional("pycuda.autoinit", "to create a CUDA context", "make setup-device installs pycuda")
+    return open_engine(path, trt, cuda)
+
+
 OPENERS: dict[str, Callable[[Path, int], tuple[Runner, ModelInfo]]] = {
     ".pt": _open_checkpoint,
     ".onnx": _open_onnx,
+    ".engine": _open_engine,
 }

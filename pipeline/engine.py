@@ -1,0 +1,110 @@
+"""The engine stage: ``make engine TARGET=<t>`` builds ``engines/<t>/model.<precision>.engine``.
+
+Engines are tied to the GPU and the TensorRT version, so they are built only on the
+machine that runs them: the target is checked against what detection finds, and the
+sidecar ``.engine.json`` records the machine's identity so a mismatched engine is refused
+at load time. The FP32 reference engine is built beside the INT8 one.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import atomic_path, provenance, read_json, sha256_file, sidecar_path, write_json
+from pipeline.config import Config
+from pipeline.errors import StaleArtifactError
+from pipeline.onnx_meta import read_metadata
+from pipeline.optional import import_optional
+from pipeline.tensorrt_build import BuildRequest, build_engine
+from targets.detect import Platform, detect_platform, resolve_target
+from targets.profile import TargetProfile, load_profiles
+
+IDENTITY_KEYS = ("gpu", "compute_capability", "tensorrt")
+
+
+def run(cfg: Config) -> Path:
+    """Build the target's engines (or say which ONNX the cpu target deploys)."""
+    out = cfg.run_dir
+    if cfg.engine.bundle:
+        from pipeline.bundle import unpack_bundle
+        unpack_bundle(Path(cfg.engine.bundle), out)
+    platform = detect_platform()
+    profile = resolve_target(cfg.engine.target, load_profiles(), platform)
+    if profile.runtime == "onnxruntime":
+        model = out / "model.int8.cpu.onnx"
+        print(f"target {profile.name} runs ONNX Runtime: it deploys {model}; no engine to build")
+        return model
+    trt = import_tensorrt(platform)
+    cuda = import_optional("pycuda.driver", "for the GPU's identity and buffers",
+                           "make setup-device installs pycuda")
+    import_optional("pycuda.autoinit", "to create a CUDA context", "make setup-device installs pycuda")
+    identity = machine_identity(trt, cuda, platform)
+    built = [build_one(trt, out, profile, precision, identity)
+             for precision in dict.fromkeys((profile.precision, "fp32"))]
+    return built[0]
+
+
+def import_tensorrt(platform: Platform) -> Any:
+    how = ("on a Jetson TensorRT comes with JetPack: create the environment with the system's "
+           "site packages (make setup-device)" if platform.is_jetson
+           else "install TensorRT for this GPU (pip install tensorrt-cu12 or tensorrt-cu13)")
+    return import_optional("tensorrt", "to build and run TensorRT engines", how)
+
+
+def machine_identity(trt: Any, cuda: Any, platform: Platform) -> dict[str, Any]:
+    """What an engine is tied to: GPU, compute capability, TensorRT (and CUDA, JetPack)."""
+    device = cuda.Device(0)
+    major, minor = device.compute_capability()
+    return {"gpu": device.name(), "compute_capability": f"{major}.{minor}",
+            "tensorrt": getattr(trt, "__version__", "unknown"),
+            "cuda": ".".join(map(str, cuda.get_version())), "jetpack": platform.jetpack}
+
+
+def build_one(trt: Any, out: Path, profile: TargetProfile, precision: str, identity: dict[str, Any]) -> Path:
+    onnx_path = out / ("model.int8.onnx" if precision == "int8" else "model.fp32.onnx")
+    if precision == "int8" and not profile.calibrator:
+        from calibration.qdq import require_tensorrt_qdq
+        require_tensorrt_qdq(onnx_path)
+    size = int(read_metadata(onnx_path)["preprocessing"]["input_size"])
+    folder = out / "engines" / profile.name
+    engine = folder / f"model.{precision}.engine"
+    cache = folder / profile.timing_cache if profile.timing_cache else None
+    start = time.perf_counter()
+    plan = build_engine(trt, BuildRequest(onnx_path, precision, profile, size, cache))
+    seconds = time.perf_counter() - start
+    with atomic_path(engine) as tmp:
+        tmp.write_bytes(plan)
+        write_json(sidecar_path(engine), engine_record(onnx_path, out, profile, precision, identity,
+                                                       size, seconds))
+    print(f"built {engine} ({precision}, {profile.name}) in {seconds:.0f} s")
+    return engine
+
+
+def engine_record(onnx_path: Path, out: Path, profile: TargetProfile, precision: str,
+                  identity: dict[str, Any], size: int, seconds: float) -> dict[str, Any]:
+    """The sidecar: identity, precision, DLA, shapes, ONNX and calibration hashes."""
+    record = provenance("engine", {"onnx": onnx_path})
+    manifest = out / "calibration" / "manifest.json"
+    record.update(identity=identity, target=profile.name, precision=precision,
+                  dla_core=profile.dla_core, gpu_fallback=profile.gpu_fallback,
+                  shapes={k: [b, 3, size, size] for k, b in (("min", profile.min_batch),
+                          ("opt", profile.opt_batch), ("max", profile.max_batch))},
+                  onnx_sha256=sha256_file(onnx_path),
+                  calibration_sha256=read_json(manifest)["set_sha256"] if manifest.is_file() else None,
+                  build_seconds=seconds)
+    return record
+
+
+def check_engine(engine: Path, identity: dict[str, Any], onnx_path: Path | None = None) -> dict[str, Any]:
+    """Refuse an engine built on another machine or from an ONNX that has changed since."""
+    record = read_json(sidecar_path(engine))
+    built = record.get("identity", {})
+    for key in IDENTITY_KEYS:
+        if str(built.get(key)) != str(identity.get(key)):
+            raise StaleArtifactError(f"{engine}: built for {key} {built.get(key)!r}, this machine has "
+                                     f"{identity.get(key)!r}; rebuild it here (make engine)")
+    if onnx_path is not None and onnx_path.is_file() and sha256_file(onnx_path) != record.get("onnx_sha256"):
+        raise StaleArtifactError(f"{engine}: {onnx_path} changed since the engine was built; "
+                                 f"rebuild it (make engine) instead of loading a stale engine")
+    return record
