@@ -26,7 +26,7 @@ RUN_FILES = ("model.fp32.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "calib
 def run(cfg: Config) -> Path:
     out = cfg.run_dir / f"bundle-{cfg.engine.target}.tar.gz"
     path = make_bundle(cfg.run_dir, out)
-    print(f"bundle {path}: copy it to the device and run `make engine TARGET=jetson BUNDLE={path.name}` there")
+    print(f"bundle {path}: copy it to the device and run `make engine TARGET=jetson RUN={cfg.run_name} BUNDLE=<path to>/{path.name}` there")
     return path
 
 

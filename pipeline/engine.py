@@ -61,17 +61,23 @@ def machine_identity(trt: Any, cuda: Any, platform: Platform) -> dict[str, Any]:
             "cuda": ".".join(map(str, cuda.get_version())), "jetpack": platform.jetpack}
 
 
-def build_one(trt: Any, out: Path, profile: TargetProfile, precision: str, identity: dict[str, Any]) -> Path:
-    onnx_path = out / ("model.int8.onnx" if precision == "int8" else "model.fp32.onnx")
-    if precision == "int8" and not profile.calibrator:
+def build_one(trt: Any, out: Path, profile: TargetProfile, precision: str, identity: dict[str, Any],
+              calibrator: Any = None) -> Path:
+    """One engine. INT8 comes from the Q/DQ ONNX, or (profile ``calibrator`` set: implicit
+    calibration, e.g. DLA on JetPack 6) from the FP32 ONNX with the calibration set."""
+    implicit = precision == "int8" and bool(profile.calibrator)
+    onnx_path = out / ("model.int8.onnx" if precision == "int8" and not implicit else "model.fp32.onnx")
+    if precision == "int8" and not implicit:
         from calibration.qdq import require_tensorrt_qdq
         require_tensorrt_qdq(onnx_path)
     size = int(read_metadata(onnx_path)["preprocessing"]["input_size"])
     folder = out / "engines" / profile.name
     engine = folder / f"model.{precision}.engine"
     cache = folder / profile.timing_cache if profile.timing_cache else None
+    if implicit and calibrator is None:
+        calibrator = implicit_calibrator(out, onnx_path, profile, folder)
     start = time.perf_counter()
-    plan = build_engine(trt, BuildRequest(onnx_path, precision, profile, size, cache))
+    plan = build_engine(trt, BuildRequest(onnx_path, precision, profile, size, cache, calibrator))
     seconds = time.perf_counter() - start
     with atomic_path(engine) as tmp:
         tmp.write_bytes(plan)
@@ -79,6 +85,19 @@ def build_one(trt: Any, out: Path, profile: TargetProfile, precision: str, ident
                                                        size, seconds))
     print(f"built {engine} ({precision}, {profile.name}) in {seconds:.0f} s")
     return engine
+
+
+def implicit_calibrator(out: Path, onnx_path: Path, profile: TargetProfile, folder: Path) -> Any:
+    """TensorRT's implicit calibrator over the run's manifest, caching to the engine folder."""
+    from calibration.feeding import calibration_inputs
+    from calibration.manifest import load_manifest
+    from calibration.trt_calibrator import open_calibrator
+    from pipeline.preprocess import Preprocessing
+
+    pre = Preprocessing.from_dict(read_metadata(onnx_path)["preprocessing"])
+    inputs = calibration_inputs(load_manifest(out / "calibration" / "manifest.json"), pre)
+    batch = max(1, min(profile.opt_batch, len(inputs)))
+    return open_calibrator(profile.calibrator, inputs, batch, folder / "calibration.cache")
 
 
 def engine_record(onnx_path: Path, out: Path, profile: TargetProfile, precision: str,

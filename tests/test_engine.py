@@ -21,7 +21,7 @@ from pipeline.errors import ConfigError, ExportError, MissingDependencyError, St
 from pipeline.tensorrt_build import BuildRequest, build_engine
 from targets.detect import Platform
 from targets.profile import get_profile
-from tests import fake_tensorrt as trt
+from tests import fake_tensorrt as fake_trt
 from tests.conftest import ROOT
 
 IDENTITY = {"gpu": "Orin (nvgpu)", "compute_capability": "8.7", "tensorrt": "10.3.0",
@@ -30,8 +30,8 @@ IDENTITY = {"gpu": "Orin (nvgpu)", "compute_capability": "8.7", "tensorrt": "10.
 
 @pytest.fixture(autouse=True)
 def fresh_fake():
-    trt.CALLS.clear()
-    trt.NUM_DLA_CORES[0] = 0
+    fake_trt.CALLS.clear()
+    fake_trt.NUM_DLA_CORES[0] = 0
     yield
 
 
@@ -44,41 +44,41 @@ def request_for(run, profile: str, precision: str = "int8", **changes) -> BuildR
 def tensorrt_11() -> types.ModuleType:
     """TensorRT 11 as the builder sees it: no FP16/INT8 flags, no implicit calibration."""
     module = types.ModuleType("tensorrt")
-    module.__dict__.update({k: v for k, v in vars(trt).items() if not k.startswith("__")})
+    module.__dict__.update({k: v for k, v in vars(fake_trt).items() if not k.startswith("__")})
     module.__version__ = "11.4.0"
-    module.BuilderFlag = types.SimpleNamespace(GPU_FALLBACK=trt.BuilderFlag.GPU_FALLBACK)
+    module.BuilderFlag = types.SimpleNamespace(GPU_FALLBACK=fake_trt.BuilderFlag.GPU_FALLBACK)
     return module
 
 
 def test_int8_build_on_tensorrt_10_sets_what_the_api_documents(quantized_run) -> None:
-    plan = build_engine(trt, request_for(quantized_run, "jetson-orin-nano"))
+    plan = build_engine(fake_trt, request_for(quantized_run, "jetson-orin-nano"))
     assert plan.startswith(b"fake-plan:")
-    (_, network, config), = [c for c in trt.CALLS if c[0] == "build_serialized_network"]
-    assert config.flags == {trt.BuilderFlag.INT8, trt.BuilderFlag.FP16}
-    assert config.pools[trt.MemoryPoolType.WORKSPACE] == 1024 << 20
+    (_, network, config), = [c for c in fake_trt.CALLS if c[0] == "build_serialized_network"]
+    assert config.flags == {fake_trt.BuilderFlag.INT8, fake_trt.BuilderFlag.FP16}
+    assert config.pools[fake_trt.MemoryPoolType.WORKSPACE] == 1024 << 20
     assert config.profiles[0].shapes["input"] == ((1, 3, 32, 32), (1, 3, 32, 32), (8, 3, 32, 32))
-    assert config.default_device_type == trt.DeviceType.GPU
+    assert config.default_device_type == fake_trt.DeviceType.GPU
     assert (quantized_run.run_dir / "timing.cache").read_bytes() == b"fake-timing-cache"
 
 
 def test_tensorrt_11_gets_no_precision_flags_and_refuses_fp16(quantized_run) -> None:
     trt11 = tensorrt_11()
     build_engine(trt11, request_for(quantized_run, "desktop"))
-    (_, _, config), = [c for c in trt.CALLS if c[0] == "build_serialized_network"]
+    (_, _, config), = [c for c in fake_trt.CALLS if c[0] == "build_serialized_network"]
     assert config.flags == set()
     with pytest.raises(MissingDependencyError, match="no FP16 builder flag"):
         build_engine(trt11, request_for(quantized_run, "desktop", "fp16"))
 
 
 def test_dla_is_used_where_the_device_has_one(quantized_run) -> None:
-    trt.NUM_DLA_CORES[0] = 2
-    build_engine(trt, request_for(quantized_run, "jetson-agx-orin", dla_core=1))
-    (_, _, config), = [c for c in trt.CALLS if c[0] == "build_serialized_network"]
-    assert config.default_device_type == trt.DeviceType.DLA and config.DLA_core == 1
-    assert trt.BuilderFlag.GPU_FALLBACK in config.flags
-    trt.NUM_DLA_CORES[0] = 1
+    fake_trt.NUM_DLA_CORES[0] = 2
+    build_engine(fake_trt, request_for(quantized_run, "jetson-agx-orin", dla_core=1))
+    (_, _, config), = [c for c in fake_trt.CALLS if c[0] == "build_serialized_network"]
+    assert config.default_device_type == fake_trt.DeviceType.DLA and config.DLA_core == 1
+    assert fake_trt.BuilderFlag.GPU_FALLBACK in config.flags
+    fake_trt.NUM_DLA_CORES[0] = 1
     with pytest.raises(ConfigError, match="dla_core 1 asked for, this device has 1 DLA core"):
-        build_engine(trt, request_for(quantized_run, "jetson-agx-orin", dla_core=1))
+        build_engine(fake_trt, request_for(quantized_run, "jetson-agx-orin", dla_core=1))
 
 
 def test_parser_errors_are_printed_and_raised(tmp_path: Path, quantized_run, capsys) -> None:
@@ -86,13 +86,13 @@ def test_parser_errors_are_printed_and_raised(tmp_path: Path, quantized_run, cap
     bad.write_bytes(b"not an onnx model")
     request = dataclasses.replace(request_for(quantized_run, "desktop"), onnx_path=bad)
     with pytest.raises(ExportError, match="ONNX parser failed with 1 error"):
-        build_engine(trt, request)
+        build_engine(fake_trt, request)
     assert "TensorRT ONNX parser: ModelImporter" in capsys.readouterr().out
 
 
 def test_engine_and_sidecar_then_identity_checks(quantized_run) -> None:
     profile = get_profile("jetson-orin-nano")
-    path = engine.build_one(trt, quantized_run.run_dir, profile, "int8", IDENTITY)
+    path = engine.build_one(fake_trt, quantized_run.run_dir, profile, "int8", IDENTITY)
     assert path == quantized_run.run_dir / "engines" / "jetson-orin-nano" / "model.int8.engine"
     assert path.read_bytes().startswith(b"fake-plan:")  # plain plan bytes, nothing prepended
     record = json.loads(sidecar_path(path).read_text())
@@ -187,8 +187,8 @@ def test_tensorrt_runner_name_based_io_matches_onnx_runtime(quantized_run) -> No
     from pipeline.runners.tensorrt_runner import open_engine
     from tests import fake_pycuda as cuda
 
-    path = engine.build_one(trt, quantized_run.run_dir, get_profile("jetson-orin-nano"), "fp32", IDENTITY)
-    runner, info = open_engine(path, trt, cuda)
+    path = engine.build_one(fake_trt, quantized_run.run_dir, get_profile("jetson-orin-nano"), "fp32", IDENTITY)
+    runner, info = open_engine(path, fake_trt, cuda)
     assert info.runtime == "tensorrt" and info.precision == "fp32" and info.preprocessing.input_size == 32
     reference = OnnxRuntimeRunner(quantized_run.run_dir / "model.fp32.onnx")
     rng = np.random.default_rng(0)
@@ -196,8 +196,8 @@ def test_tensorrt_runner_name_based_io_matches_onnx_runtime(quantized_run) -> No
         x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
         np.testing.assert_allclose(runner.run(x), reference.run(x), rtol=1e-6, atol=1e-6)
     assert set(runner.last_timing) == {"h2d_ms", "compute_ms", "d2h_ms"}
-    assert ("set_input_shape", "input", (4, 3, 32, 32)) in trt.CALLS
-    assert [c for c in trt.CALLS if c[0] == "execute_async_v3"][-1] == ("execute_async_v3", 0xC0FFEE)
+    assert ("set_input_shape", "input", (4, 3, 32, 32)) in fake_trt.CALLS
+    assert [c for c in fake_trt.CALLS if c[0] == "execute_async_v3"][-1] == ("execute_async_v3", 0xC0FFEE)
     runner.close()
 
 
@@ -206,15 +206,15 @@ def test_an_engine_from_another_machine_is_refused_at_open(quantized_run) -> Non
     from tests import fake_pycuda as cuda
 
     other = {**IDENTITY, "gpu": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}
-    path = engine.build_one(trt, quantized_run.run_dir, get_profile("desktop"), "fp32", other)
+    path = engine.build_one(fake_trt, quantized_run.run_dir, get_profile("desktop"), "fp32", other)
     with pytest.raises(StaleArtifactError, match="built for gpu 'NVIDIA GeForce RTX 4090'"):
-        open_engine(path, trt, cuda)
+        open_engine(path, fake_trt, cuda)
 
 
 def test_evaluating_an_engine_without_tensorrt_names_what_is_missing(quantized_run) -> None:
     from pipeline.runners.registry import open_model
 
-    path = engine.build_one(trt, quantized_run.run_dir, get_profile("desktop"), "fp32", IDENTITY)
+    path = engine.build_one(fake_trt, quantized_run.run_dir, get_profile("desktop"), "fp32", IDENTITY)
     with pytest.raises(MissingDependencyError, match="tensorrt is needed"):
         open_model(path)
 
@@ -239,3 +239,29 @@ def test_real_engine_agrees_with_onnx_runtime(quantized_run) -> None:
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
     a, b = runner.run(x), reference.run(x)
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99 and np.abs(a - b).max() < 0.5
+
+
+def test_a_calibrator_profile_builds_int8_from_fp32_with_the_calibrator(quantized_run) -> None:
+    """Implicit calibration (DLA on JetPack 6): the FP32 ONNX and config.int8_calibrator."""
+    import numpy as np
+
+    from calibration.trt_calibrator import make_calibrator
+    from tests.test_trt_calibrator import FakeCuda
+
+    profile = dataclasses.replace(get_profile("jetson-orin-nx"), calibrator="entropy")
+    folder = quantized_run.run_dir / "engines" / profile.name
+    calibrator = make_calibrator(fake_trt, FakeCuda(), "entropy", np.zeros((4, 3, 32, 32), np.float32), 2,
+                                 folder / "calibration.cache")
+    path = engine.build_one(fake_trt, quantized_run.run_dir, profile, "int8", IDENTITY, calibrator)
+    (_, _, config), = [c for c in fake_trt.CALLS if c[0] == "build_serialized_network"]
+    assert config.int8_calibrator is calibrator and fake_trt.BuilderFlag.INT8 in config.flags
+    record = json.loads(sidecar_path(path).read_text())
+    assert record["inputs"]["onnx"]["path"].endswith("model.fp32.onnx")
+
+
+def test_engine_stage_unpacks_a_bundle_first(quantized_run, tmp_path: Path) -> None:
+    archive = bundle_stage.make_bundle(quantized_run.run_dir, tmp_path / "b.tar.gz")
+    device = dataclasses.replace(quantized_run, run=dataclasses.replace(quantized_run.run, root=str(tmp_path / "dev")),
+                                 engine=dataclasses.replace(quantized_run.engine, target="cpu", bundle=str(archive)))
+    deployed = engine.run(device)
+    assert deployed == tmp_path / "dev" / quantized_run.run_name / "model.int8.cpu.onnx" and deployed.is_file()

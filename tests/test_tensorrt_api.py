@@ -63,3 +63,48 @@ def test_tensorrt_11_removed_implicit_calibration_so_we_check_by_feature() -> No
     assert "IInt8EntropyCalibrator2" not in table and "IInt8MinMaxCalibrator" not in table
     source = (ROOT / "calibration" / "trt_calibrator.py").read_text()
     assert "getattr(trt, CALIBRATORS[algorithm], None)" in source
+
+
+# Names TensorRT 11 removed; our code may reach them only behind a feature check.
+REMOVED_IN_11 = {"FP16", "int8_calibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator",
+                 "OBEY_PRECISION_CONSTRAINTS", "EXPLICIT_BATCH"}
+
+
+def trt_names_used(path: Path) -> set[str]:
+    """Attribute names our TensorRT code reaches on the module or on TensorRT objects."""
+    tree = ast.parse(path.read_text())
+    skip = {"profile", "request", "path", "parent", "name"} | set(dir(Path))
+    return {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+            and not n.attr.startswith("_") and n.attr not in skip and not _on_other_module(n)}
+
+
+def _on_other_module(node: ast.Attribute) -> bool:
+    """numpy (np.*) and pycuda (cuda.*, self.cuda.*) are not TensorRT."""
+    base = node.value
+    if isinstance(base, ast.Name):
+        return base.id in ("np", "cuda", "Path")
+    return isinstance(base, ast.Attribute) and base.attr == "cuda"
+
+
+def test_builder_names_exist_in_10_and_in_11_unless_guarded() -> None:
+    source = ROOT / "pipeline" / "tensorrt_build.py"
+    ours = {"onnx_path", "precision", "input_size", "timing_cache", "calibrator", "workspace_mb",
+            "optimization_level", "min_batch", "opt_batch", "max_batch", "dla_core", "gpu_fallback",
+            "read_bytes", "is_file", "append", "startswith"}
+    used = trt_names_used(source) - ours
+    missing10 = sorted(n for n in used if not present(n, names("10")))
+    assert not missing10, f"not in TensorRT 10.3: {missing10}"
+    missing11 = sorted(n for n in used - REMOVED_IN_11 if not present(n, names("11")))
+    assert not missing11, f"not in TensorRT 11.4: {missing11}"
+    text = source.read_text()
+    assert 'hasattr(flags, "FP16")' in text and 'hasattr(config, "int8_calibrator")' in text
+
+
+def test_runner_names_exist_in_10_and_11() -> None:
+    used = trt_names_used(ROOT / "pipeline" / "runners" / "tensorrt_runner.py")
+    ours = {"precision", "trt", "cuda", "engine", "context", "inputs", "outputs", "stream", "events",
+            "buffers", "last_timing", "astype", "dtype", "shape", "copy", "clear", "get", "nbytes",
+            "from_dict", "record", "synchronize", "time_since"}  # ours, or pycuda's stream/event
+    for major in ("10", "11"):
+        missing = sorted(n for n in used - ours if not present(n, names(major)))
+        assert not missing, f"not in TensorRT {major}: {missing}"
