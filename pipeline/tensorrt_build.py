@@ -33,7 +33,7 @@ def build_engine(trt: Any, request: BuildRequest) -> bytes:
     """The serialized plan (plain bytes: trtexec, Triton and DeepStream load it as is)."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
+    network = builder.create_network(network_flags(trt))
     parse_onnx(trt, network, logger, request.onnx_path)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.profile.workspace_mb << 20)
@@ -48,6 +48,13 @@ def build_engine(trt: Any, request: BuildRequest) -> bytes:
                           f"{request.profile.name} ({request.precision}); see TensorRT's log above")
     save_timing_cache(config, cache, request.timing_cache)
     return bytes(plan)
+
+
+def network_flags(trt: Any) -> int:
+    """Explicit batch: a flag before TensorRT 10 (JetPack 5's 8.5), the default in 10 (where
+    the flag is deprecated and ignored), gone in 11. Set where the flag exists."""
+    creation = trt.NetworkDefinitionCreationFlag
+    return 1 << int(creation.EXPLICIT_BATCH.value) if hasattr(creation, "EXPLICIT_BATCH") else 0
 
 
 def parse_onnx(trt: Any, network: Any, logger: Any, path: Path) -> None:

@@ -30,6 +30,11 @@ class MemoryPoolType(Enum):
     WORKSPACE = 0
 
 
+class NetworkDefinitionCreationFlag(Enum):
+    EXPLICIT_BATCH = 0
+    STRONGLY_TYPED = 5
+
+
 class BuilderFlag(Enum):
     FP16 = 0
     INT8 = 1

@@ -47,6 +47,8 @@ def tensorrt_11() -> types.ModuleType:
     module.__dict__.update({k: v for k, v in vars(fake_trt).items() if not k.startswith("__")})
     module.__version__ = "11.4.0"
     module.BuilderFlag = types.SimpleNamespace(GPU_FALLBACK=fake_trt.BuilderFlag.GPU_FALLBACK)
+    module.NetworkDefinitionCreationFlag = types.SimpleNamespace(
+        STRONGLY_TYPED=fake_trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     return module
 
 
@@ -59,13 +61,14 @@ def test_int8_build_on_tensorrt_10_sets_what_the_api_documents(quantized_run) ->
     assert config.profiles[0].shapes["input"] == ((1, 3, 32, 32), (1, 3, 32, 32), (8, 3, 32, 32))
     assert config.default_device_type == fake_trt.DeviceType.GPU
     assert (quantized_run.run_dir / "timing.cache").read_bytes() == b"fake-timing-cache"
+    assert ("create_network", 1) in fake_trt.CALLS  # explicit batch, set where the flag exists
 
 
 def test_tensorrt_11_gets_no_precision_flags_and_refuses_fp16(quantized_run) -> None:
     trt11 = tensorrt_11()
     build_engine(trt11, request_for(quantized_run, "desktop"))
     (_, _, config), = [c for c in fake_trt.CALLS if c[0] == "build_serialized_network"]
-    assert config.flags == set()
+    assert config.flags == set() and ("create_network", 0) in fake_trt.CALLS
     with pytest.raises(MissingDependencyError, match="no FP16 builder flag"):
         build_engine(trt11, request_for(quantized_run, "desktop", "fp16"))
 
