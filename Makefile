@@ -31,7 +31,7 @@ B := build/$(RUN)
 ARGS = --config $(CONFIG) --run $(RUN) --set model.name=$(MODEL) \
        $(if $(DATA),--data $(DATA),--dataset $(DATASET)) $(SET)
 
-.PHONY: demo train export calibrate quantize evaluate bench-quant engine bundle targets setup setup-device test clean help
+.PHONY: demo train export calibrate quantize evaluate bench-quant engine bundle camera clip bench-camera targets setup setup-device test clean help
 .DELETE_ON_ERROR:
 
 demo: $(B)/eval/onnxruntime-int8.json
@@ -95,6 +95,19 @@ engine: | $(ENGINE_READY)
 
 bundle: $(B)/model.int8.onnx
 	$(PY) -m pipeline bundle $(ARGS) --target $(TARGET)
+
+# --- the live loop: INT8 beside its FP32 reference -------------------------------------
+SOURCE ?= 0
+CLIP ?= $(B)/clip.avi
+
+camera: | $(ENGINE_READY)
+	$(ENGINE_PY) -m pipeline camera $(ARGS) --source $(SOURCE) --target $(TARGET)
+
+clip: $(B)/model.int8.onnx
+	$(PY) -m pipeline make-clip $(ARGS) --out $(CLIP) $(if $(DATA),--data $(DATA),--data build/datasets/$(DATASET))
+
+bench-camera: $(B)/model.int8.onnx
+	$(PY) -m pipeline bench-camera $(ARGS) --target $(TARGET)
 
 targets: | $(READY)
 	$(PY) -m pipeline targets

@@ -95,6 +95,31 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "Write build/<run>/bundle-<target>.tar.gz with the ONNX models, calibration manifest, "
           "labels, target profiles and SHA256SUMS, to build the engine on the device.",
           (Flag("--target", "engine.target", "the target the bundle is for"),)),
+    Stage("camera", "pipeline.camera.loop", "live classification: INT8 beside its FP32 reference",
+          "Classify frames from --source (camera index, video file, URL, csi://N, image folder or "
+          "replay:clip.mp4) with the INT8 model; every Nth frame the FP32 reference runs on the "
+          "same input. Writes camera/<session>.json (and --video-out).",
+          (Flag("--source", "camera.source", "0, video file, rtsp://..., csi://0, folder, replay:clip.mp4"),
+           Flag("--target", "engine.target", "cpu (ONNX Runtime) or a TensorRT target's engines"),
+           Flag("--model", "camera.model", "the INT8 model (engine or ONNX)"),
+           Flag("--reference", "camera.reference", "the FP32 reference (engine, ONNX or checkpoint)"),
+           Flag("--shadow-every", "camera.shadow_every", "run FP32 on every Nth frame", is_text=False),
+           Flag("--headless", "camera.headless", "no window even where a display exists", is_switch=True),
+           Flag("--video-out", "camera.video_out", "write the annotated video here"),
+           Flag("--preview-port", "camera.preview_port", "MJPEG preview on http://127.0.0.1:PORT (0: any)",
+                is_text=False),
+           Flag("--smoothing", "camera.smoothing", "temporal smoothing of the shown label, 0..1",
+                is_text=False),
+           Flag("--summary", "camera.summary", "write the summary JSON here"),
+           Flag("--max-frames", "camera.max_frames", "stop after N frames", is_text=False))),
+    Stage("make-clip", "pipeline.camera.clip", "a labelled replay clip from an image folder",
+          "Write a video of images from --data (a tree's val split, or one split) with slow drift "
+          "and zoom, and <clip>.labels.json beside it, for `camera --source replay:<clip>`.",
+          (Flag("--out", "camera.out", "the clip to write (.avi or .mp4)"),)),
+    Stage("bench-camera", "pipeline.camera.bench", "camera loop: per-stage time and end-to-end FPS",
+          "On replay clips from the val split at 640x480 and 224x224: decode, preprocess, INT8 "
+          "and FP32 inference timed alone, then the loop's FPS; writes bench/camera.json.",
+          (Flag("--target", "engine.target", "cpu (ONNX Runtime) or a TensorRT target's engines"),)),
     Stage("targets", "targets.listing", "list target profiles and which fits this machine",
           "List the TensorRT/ONNX Runtime target profiles in targets/, the facts detected "
           "about this machine (Jetson model, L4T/JetPack, GPU, TensorRT) and which profile fits."),

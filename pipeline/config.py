@@ -207,6 +207,37 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class CameraConfig:
+    """The live loop (``source``) and replay clips (``make-clip``)."""
+
+    source: str = ""
+    model: str = ""
+    reference: str = ""
+    shadow_every: int = 10
+    headless: bool = False
+    video_out: str = ""
+    preview_port: int = -1        # -1: no MJPEG preview; 0: any free port
+    preview_host: str = "127.0.0.1"
+    smoothing: float = 0.0        # temporal smoothing of probabilities (EMA weight of the past)
+    top_k: int = 3
+    summary: str = ""
+    max_frames: int = 0
+    retries: int = 3
+    timeout_s: float = 10.0
+    out: str = ""
+    clip_images: int = 100
+    frames_per_image: int = 10
+    clip_size: tuple[int, int] = (640, 480)
+    clip_motion: float = 0.1      # drift/zoom of replay clips, as a fraction of the view
+
+    def __post_init__(self) -> None:
+        _require(self.shadow_every >= 1, "camera.shadow_every", "an integer >= 1", self.shadow_every)
+        _require(0 <= self.smoothing < 1, "camera.smoothing", "0 <= x < 1", self.smoothing)
+        _require(self.frames_per_image >= 1, "camera.frames_per_image", "an integer >= 1",
+                 self.frames_per_image)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole pipeline's configuration, one section a stage or concern."""
 
@@ -220,6 +251,7 @@ class Config:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
 
     @property
     def run_name(self) -> str:
