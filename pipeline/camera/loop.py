@@ -206,9 +206,14 @@ def overlay(frame: np.ndarray, result: dict[str, Any], stats: LoopStats) -> np.n
              f"{stats.frames / max(1e-9, time.perf_counter() - stats.started):.1f} FPS  "
              f"p50 {p['p50']:.1f} ms  p99 {p['p99']:.1f} ms",
              f"INT8 vs FP32 agree {agreement:.1%}" if agreement is not None else "INT8 vs FP32: -"]
+    scale = max(0.35, min(1.0, frame.shape[1] / 900))
+    step = int(28 * scale) + 4
+    width = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for t in lines) + 16
+    box = out[: step * len(lines) + 8, : width]
+    box[...] = (box * 0.4).astype(out.dtype)  # darken behind the text so it reads on any scene
     for i, text in enumerate(lines):
-        cv2.putText(out, text, (8, 20 + 20 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(out, text, (8, 20 + 20 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(out, text, (8, step * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
     return out
 
 
