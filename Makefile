@@ -4,6 +4,7 @@
 #   make demo                                 digits: train -> export -> calibrate -> quantize -> evaluate
 #   make demo DATA=../shared/data/imagenette  any ImageFolder tree (train/ and val/)
 #   make demo DATASET=imagenette|cifar10      torchvision's datasets (under build/datasets)
+#   make bench / make report [ACCEPT=1]       latency + regression report (exit 1 on regression)
 #   make test                                 the test suite (CPU)
 #
 # Variables: RUN=name (artifacts in build/<name>/), MODEL=resnet56, CONFIG=file.toml,
@@ -31,7 +32,7 @@ B := build/$(RUN)
 ARGS = --config $(CONFIG) --run $(RUN) --set model.name=$(MODEL) \
        $(if $(DATA),--data $(DATA),--dataset $(DATASET)) $(SET)
 
-.PHONY: demo train export calibrate quantize evaluate bench-quant engine bundle camera clip bench-camera targets setup setup-device test clean help
+.PHONY: demo train export calibrate quantize evaluate bench-quant engine bundle camera clip bench-camera bench report targets setup setup-device test clean help
 .DELETE_ON_ERROR:
 
 demo: $(B)/eval/onnxruntime-int8.json
@@ -108,6 +109,13 @@ clip: $(B)/model.int8.onnx
 
 bench-camera: $(B)/model.int8.onnx
 	$(PY) -m pipeline bench-camera $(ARGS) --target $(TARGET)
+
+# --- regression reports: history in build/reports/history.sqlite -------------------------
+bench: $(B)/eval/onnxruntime-int8.json | $(ENGINE_READY)
+	$(ENGINE_PY) -m pipeline bench $(ARGS) --target $(TARGET)
+
+report: | $(ENGINE_READY)
+	$(ENGINE_PY) -m pipeline report $(ARGS) --target $(TARGET) $(if $(ACCEPT),--accept) $(if $(BASELINE),--baseline $(BASELINE))
 
 targets: | $(READY)
 	$(PY) -m pipeline targets

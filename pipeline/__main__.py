@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import load_config
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, RegressionError
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,17 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "Insert Q/DQ nodes (TensorRT rules) into build/<run>/model.fp32.onnx from the "
           "per-tensor scales of a TensorRT calibration cache; writes model.int8.from-cache.onnx.",
           (Flag("--cache", "quantize.cache", "the calibration cache file"),)),
+    Stage("bench", "pipeline.bench", "latency of every model this machine runs for the target",
+          "Time torch, ONNX Runtime and (on a GPU target) TensorRT models with one harness: fixed "
+          "batch, warm-up, interleaved timed runs; writes bench/<runtime>-<precision>.json.",
+          (Flag("--target", "engine.target", "cpu or a TensorRT target"),)),
+    Stage("report", "pipeline.report", "regression report with history; non-zero exit on regression",
+          "Gather eval, bench, quantize and camera JSON into reports/<id>/report.{json,md,html}, "
+          "append to the SQLite history, compare with the baseline and the target's budgets.",
+          (Flag("--target", "engine.target", "the target whose budgets apply"),
+           Flag("--baseline", "report.baseline", "history id to compare with (default: last accepted)",
+                is_text=False),
+           Flag("--accept", "report.accept", "mark this report as the accepted baseline", is_switch=True))),
     Stage("bench-quant", "pipeline.bench_quant", "FP32 vs INT8 renderings vs peer: accuracy, latency",
           "Side by side in one run: top-1, drop and agreement (from eval/) and ONNX Runtime "
           "batch-1 latency, interleaved, same threads; writes bench/quant.json and quant.png."),
@@ -163,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides(args, stage))
         importlib.import_module(stage.module).run(cfg)
+    except RegressionError as exc:  # the gate's verdict, distinct from a usage error
+        print(f"regression: {exc}", file=sys.stderr)
+        return 1
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,12 +15,9 @@ from pipeline.artifacts import read_json, write_json
 from pipeline.config import Config
 from pipeline.errors import DataError
 from pipeline.evaluate import RUN_MODELS
-from pipeline.latency import measure_latency, summarize
+from pipeline.bench import interleaved_latency
+from pipeline.latency import summarize
 from pipeline.plots import plot_quantization
-from pipeline.runners.registry import open_model
-
-ROUNDS = 10
-
 
 def run(cfg: Config) -> Path:
     out = cfg.run_dir
@@ -28,7 +25,7 @@ def run(cfg: Config) -> Path:
               if name.endswith(".onnx") and (out / name).is_file()}  # ONNX Runtime, side by side
     if "fp32" not in models or len(models) < 2:
         raise DataError(f"{out}: bench-quant needs model.fp32.onnx and INT8 models; run make quantize")
-    samples = interleaved_latency(models, cfg.evaluate.threads or 2, cfg.evaluate.bench_runs)
+    samples, _ = interleaved_latency(models, cfg.evaluate.threads or 2, cfg.evaluate.bench_runs)
     rows = [_row(label, path, samples, out) for label, path in models.items()]
     record = {"threads": cfg.evaluate.threads or 2, "batch": 1, "rows": rows,
               "quantize_seconds": _quantize_seconds(out)}
@@ -36,20 +33,6 @@ def run(cfg: Config) -> Path:
     plot_quantization(samples, {r["model"]: r["top1"] for r in rows}, out / "bench" / "quant.png")
     print_rows(rows)
     return path
-
-
-def interleaved_latency(models: dict[str, Path], threads: int, runs: int) -> dict[str, np.ndarray]:
-    """``runs`` batch-1 timings per model, taken in ROUNDS alternating rounds."""
-    opened = {label: open_model(path, threads) for label, path in models.items()}
-    size = next(iter(opened.values()))[1].preprocessing.input_size
-    batch = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    parts: dict[str, list[np.ndarray]] = {label: [] for label in models}
-    for _ in range(ROUNDS):
-        for label, (runner, _) in opened.items():
-            parts[label].append(measure_latency(runner, batch, max(1, runs // ROUNDS), warmup_s=0.2)[1])
-    for runner, _ in opened.values():
-        runner.close()
-    return {label: np.concatenate(chunks) for label, chunks in parts.items()}
 
 
 def _row(label: str, path: Path, samples: dict[str, np.ndarray], out: Path) -> dict[str, Any]:

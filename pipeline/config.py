@@ -238,6 +238,27 @@ class CameraConfig:
 
 
 @dataclass(frozen=True)
+class BenchConfig:
+    """Latency measurement: the batch every model is timed at."""
+
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.batch >= 1, "bench.batch", "an integer >= 1", self.batch)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The regression report: ``baseline`` a history id (0: last accepted on this target)."""
+
+    baseline: int = 0
+    accept: bool = False
+    history: str = "build/reports/history.sqlite"
+    min_noise: float = 0.10       # p99 may rise this much (or the runs' own spread) before it counts
+    accuracy_tolerance: float = 0.005
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole pipeline's configuration, one section a stage or concern."""
 
@@ -252,6 +273,8 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     @property
     def run_name(self) -> str:

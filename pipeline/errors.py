@@ -32,3 +32,7 @@ class StaleArtifactError(PipelineError):
 
 class MissingDependencyError(PipelineError):
     """An optional package that this step needs is not installed."""
+
+
+class RegressionError(PipelineError):
+    """A report whose figures regressed beyond the budgets or the baseline (exit code 1)."""

@@ -64,3 +64,75 @@ def plot_quantization(samples: dict[str, "np.ndarray"], top1: dict[str, float | 
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def plot_report(summary: dict[str, Any], past: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """The report's figures: latency distributions, accuracy per precision, per-class
+    accuracy change of the deployed model, and the history of its main figures."""
+    plt = pyplot()
+    rows = summary["rows"]
+    written = []
+    timed = [r for r in rows if r.get("samples_ms")]
+    if timed:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        ax.boxplot([r["samples_ms"] for r in timed], showfliers=False)
+        ax.set_xticks(range(1, len(timed) + 1), [r["label"] for r in timed], rotation=15)
+        ax.set_ylabel("latency (ms)")
+        ax.set_title("latency distribution")
+        written.append(_save(plt, fig, folder / "latency.png"))
+    scored = [r for r in rows if r.get("top1") is not None]
+    if scored:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        bars = ax.bar([r["label"] for r in scored], [100 * r["top1"] for r in scored])
+        ax.bar_label(bars, fmt="%.2f")
+        ax.set_ylim(max(0, min(100 * r["top1"] for r in scored) - 5), 100)
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title("accuracy per precision")
+        plt.setp(ax.get_xticklabels(), rotation=15)
+        written.append(_save(plt, fig, folder / "accuracy.png"))
+    written += _per_class_change(plt, rows, summary.get("deployed"), folder)
+    written += _history(plt, past, summary.get("deployed"), folder)
+    return written
+
+
+def _per_class_change(plt: Any, rows: list[dict[str, Any]], deployed: str | None, folder: Path) -> list[Path]:
+    by_label = {r["label"]: r for r in rows}
+    fp32, int8 = by_label.get("onnxruntime-fp32", {}).get("per_class"), by_label.get(deployed or "", {}).get("per_class")
+    if not fp32 or not int8:
+        return []
+    names = list(fp32)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(names, [100 * (int8[n] - fp32[n]) for n in names], color="tab:orange")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("INT8 - FP32 (points)")
+    ax.set_title(f"per-class accuracy change ({deployed})")
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    return [_save(plt, fig, folder / "per_class.png")]
+
+
+def _history(plt: Any, past: list[dict[str, Any]], deployed: str | None, folder: Path) -> list[Path]:
+    points = []
+    for entry in past:
+        row = {r["label"]: r for r in entry["summary"]["rows"]}.get(deployed or "")
+        if row:
+            points.append((entry["id"], row.get("top1"), row.get("p99"), entry["accepted"]))
+    if len(points) < 2:
+        return []
+    fig, (ax_acc, ax_lat) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ids = [p[0] for p in points]
+    ax_acc.plot(ids, [100 * p[1] if p[1] is not None else None for p in points], "o-")
+    ax_lat.plot(ids, [p[2] for p in points], "o-", color="tab:red")
+    for ax, title in ((ax_acc, "top-1 (%)"), (ax_lat, "p99 latency (ms)")):
+        ax.set_xlabel("report id")
+        ax.set_xticks(ids)
+        ax.set_title(f"{title}, {deployed}")
+        ax.grid(alpha=0.3)
+    return [_save(plt, fig, folder / "history.png")]
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return Path(path)
