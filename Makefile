@@ -32,7 +32,8 @@ B := build/$(RUN)
 ARGS = --config $(CONFIG) --run $(RUN) --set model.name=$(MODEL) \
        $(if $(DATA),--data $(DATA),--dataset $(DATASET)) $(SET)
 
-.PHONY: demo train export calibrate quantize evaluate bench-quant engine bundle camera clip bench-camera bench report targets setup setup-device test clean help
+PHONY_EXTRA := experiment-degradation
+.PHONY: $(PHONY_EXTRA) demo train export calibrate quantize evaluate bench-quant engine bundle camera clip bench-camera bench report targets setup setup-device test clean help
 .DELETE_ON_ERROR:
 
 demo: $(B)/eval/onnxruntime-int8.json
@@ -116,6 +117,12 @@ bench: $(B)/eval/onnxruntime-int8.json | $(ENGINE_READY)
 
 report: | $(ENGINE_READY)
 	$(ENGINE_PY) -m pipeline report $(ARGS) --target $(TARGET) $(if $(ACCEPT),--accept) $(if $(BASELINE),--baseline $(BASELINE))
+
+# --- the degradation experiment (plain vs residual), default data: the shared Imagenette --
+EXPERIMENT_DATA ?= $(or $(DATA),../shared/data/imagenette)
+experiment-degradation: | $(READY)
+	$(PY) -m pipeline experiment-degradation --config configs/degradation.toml --run degradation \
+	    --data $(EXPERIMENT_DATA) $(SET)
 
 targets: | $(READY)
 	$(PY) -m pipeline targets

@@ -131,6 +131,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "On replay clips from the val split at 640x480 and 224x224: decode, preprocess, INT8 "
           "and FP32 inference timed alone, then the loop's FPS; writes bench/camera.json.",
           (Flag("--target", "engine.target", "cpu (ONNX Runtime) or a TensorRT target's engines"),)),
+    Stage("experiment-degradation", "pipeline.experiment", "plain vs residual nets: the degradation experiment",
+          "Train plain20, plain56, resnet20 and resnet56 with one recipe on the same data; plot "
+          "training (dashed) and val (solid) error, state the outcome, and plot the residual "
+          "branches' relative output norms of the trained resnet56."),
     Stage("targets", "targets.listing", "list target profiles and which fits this machine",
           "List the TensorRT/ONNX Runtime target profiles in targets/, the facts detected "
           "about this machine (Jetson model, L4T/JetPack, GPU, TensorRT) and which profile fits."),

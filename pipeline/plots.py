@@ -136,3 +136,33 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
     return Path(path)
+
+
+def plot_degradation(curves: dict[str, dict[str, list[float]]], path: Path) -> Path:
+    """The paper's figure: plain (left) and residual (right), train dashed, val solid."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, family in zip(axes, ("plain", "resnet")):
+        for name, colour in ((f"{family}20", "tab:orange"), (f"{family}56", "tab:red")):
+            c = curves[name]
+            epochs = range(1, len(c["train_error"]) + 1)
+            ax.plot(epochs, [100 * v for v in c["train_error"]], "--", color=colour, label=f"{name} train")
+            ax.plot(epochs, [100 * v for v in c["val_error"]], "-", color=colour, label=f"{name} val")
+        ax.set_title("plain" if family == "plain" else "ResNet")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_ylabel("error (%)")
+    return _save(plt, fig, Path(path))
+
+
+def plot_residual_norms(norms: list[float], path: Path) -> Path:
+    """||F(x)|| / ||x|| per residual block of the trained resnet56."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    ax.bar(range(1, len(norms) + 1), norms)
+    ax.set_xlabel("block (input to output)")
+    ax.set_ylabel("||F(x)|| / ||x||")
+    ax.set_title("resnet56: size of each residual branch's output relative to its input")
+    ax.grid(alpha=0.3, axis="y")
+    return _save(plt, fig, Path(path))
