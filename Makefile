@@ -32,8 +32,7 @@ B := build/$(RUN)
 ARGS = --config $(CONFIG) --run $(RUN) --set model.name=$(MODEL) \
        $(if $(DATA),--data $(DATA),--dataset $(DATASET)) $(SET)
 
-PHONY_EXTRA := experiment-degradation
-.PHONY: $(PHONY_EXTRA) demo train export calibrate quantize evaluate bench-quant engine bundle camera clip bench-camera bench report targets setup setup-device test clean help
+.PHONY: experiment-degradation demo train export calibrate quantize evaluate bench-quant engine bundle camera clip bench-camera bench report targets setup setup-device test clean help
 .DELETE_ON_ERROR:
 
 demo: $(B)/eval/onnxruntime-int8.json

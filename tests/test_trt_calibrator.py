@@ -14,7 +14,7 @@ from pipeline.errors import ConfigError, MissingDependencyError
 from tests import fake_tensorrt
 
 
-def drive_calibration(calibrator: IInt8Calibrator, names: list[str]) -> list[list[int]]:
+def drive_calibration(calibrator: fake_tensorrt.IInt8Calibrator, names: list[str]) -> list[list[int]]:
     """What the builder does with a calibrator: read the cache, else pull batches until
     ``get_batch`` returns None, then hand back a cache to write."""
     if calibrator.read_calibration_cache():
