@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError, MissingDependencyError
-from pipeline.optional import import_optional
+from pipeline.optional import import_optional, import_pycuda
 
 CALIBRATORS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
 
@@ -23,9 +23,7 @@ def open_calibrator(algorithm: str, inputs: np.ndarray, batch_size: int, cache_p
     """The calibrator for this machine's TensorRT, with pycuda buffers (imported here)."""
     trt = import_optional("tensorrt", "for implicit INT8 calibration",
                           "on a Jetson it comes with JetPack; elsewhere pip install tensorrt")
-    cuda = import_optional("pycuda.driver", "to feed calibration batches to the GPU",
-                           "install pycuda (make setup-device on a Jetson)")
-    import_optional("pycuda.autoinit", "to create a CUDA context", "install pycuda")
+    cuda = import_pycuda("to feed calibration batches to the GPU")
     return make_calibrator(trt, cuda, algorithm, inputs, batch_size, cache_path)
 
 

@@ -44,6 +44,8 @@ COMMON_FLAGS = (
     Flag("--dataset", "data.name", "a named dataset: digits, cifar10, imagenette"),
 )
 ARCH_FLAG = Flag("--model", "model.name", "architecture, e.g. resnet20, resnet18, plain56")
+MODEL_FILE_FLAG = Flag("--model", "evaluate.model", "a model file: checkpoint (.pt), ONNX or engine")
+TARGET_FLAG = Flag("--target", "engine.target", "a profile in targets/ (see `targets`), or jetson")
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("train", "pipeline.train", "train a ResNet; writes build/<run>/model.pt",
@@ -72,12 +74,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("evaluate", "pipeline.evaluate", "accuracy of the run's models, INT8 vs FP32",
           "Top-1/top-5, per-class accuracy and confusion on the val split for every model of "
           "the run, with INT8-vs-FP32 agreement; or --model FILE --data DIR for any model.",
-          (Flag("--model", "evaluate.model", "score this model file (.pt or .onnx)"),
+          (MODEL_FILE_FLAG,
            Flag("--out", "evaluate.out", "write the standalone result as JSON"))),
     Stage("check-qdq", "calibration.check", "check a Q/DQ ONNX against TensorRT's rules",
           "Check every QuantizeLinear/DequantizeLinear of --model FILE: signed INT8, zero point "
           "0, per-tensor activation and per-channel (output axis) weight scales, finite > 0.",
-          (Flag("--model", "evaluate.model", "the Q/DQ ONNX to check"),)),
+          (MODEL_FILE_FLAG,)),
     Stage("cache-to-qdq", "calibration.from_cache", "TensorRT calibration cache -> Q/DQ ONNX",
           "Insert Q/DQ nodes (TensorRT rules) into build/<run>/model.fp32.onnx from the "
           "per-tensor scales of a TensorRT calibration cache; writes model.int8.from-cache.onnx.",
@@ -85,11 +87,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("bench", "pipeline.bench", "latency of every model this machine runs for the target",
           "Time torch, ONNX Runtime and (on a GPU target) TensorRT models with one harness: fixed "
           "batch, warm-up, interleaved timed runs; writes bench/<runtime>-<precision>.json.",
-          (Flag("--target", "engine.target", "cpu or a TensorRT target"),)),
+          (TARGET_FLAG,)),
     Stage("report", "pipeline.report", "regression report with history; non-zero exit on regression",
           "Gather eval, bench, quantize and camera JSON into reports/<id>/report.{json,md,html}, "
           "append to the SQLite history, compare with the baseline and the target's budgets.",
-          (Flag("--target", "engine.target", "the target whose budgets apply"),
+          (TARGET_FLAG,
            Flag("--baseline", "report.baseline", "history id to compare with (default: last accepted)",
                 is_text=False),
            Flag("--accept", "report.accept", "mark this report as the accepted baseline", is_switch=True))),
@@ -100,18 +102,18 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "Build engines/<target>/model.<precision>.engine (and the FP32 reference engine) from "
           "the Q/DQ or FP32 ONNX, on the machine that will run them; --target jetson detects "
           "the Jetson model. Needs TensorRT and pycuda.",
-          (Flag("--target", "engine.target", "a profile in targets/ (see `targets`) or jetson"),
+          (TARGET_FLAG,
            Flag("--bundle", "engine.bundle", "build from a bundle made by `bundle` (on the device)"))),
     Stage("bundle", "pipeline.bundle", "pack the ONNX models, manifest and labels for a device",
           "Write build/<run>/bundle-<target>.tar.gz with the ONNX models, calibration manifest, "
           "labels, target profiles and SHA256SUMS, to build the engine on the device.",
-          (Flag("--target", "engine.target", "the target the bundle is for"),)),
+          (TARGET_FLAG,)),
     Stage("camera", "pipeline.camera.loop", "live classification: INT8 beside its FP32 reference",
           "Classify frames from --source (camera index, video file, URL, csi://N, image folder or "
           "replay:clip.mp4) with the INT8 model; every Nth frame the FP32 reference runs on the "
           "same input. Writes camera/<session>.json (and --video-out).",
           (Flag("--source", "camera.source", "0, video file, rtsp://..., csi://0, folder, replay:clip.mp4"),
-           Flag("--target", "engine.target", "cpu (ONNX Runtime) or a TensorRT target's engines"),
+           TARGET_FLAG,
            Flag("--model", "camera.model", "the INT8 model (engine or ONNX)"),
            Flag("--reference", "camera.reference", "the FP32 reference (engine, ONNX or checkpoint)"),
            Flag("--shadow-every", "camera.shadow_every", "run FP32 on every Nth frame", is_text=False),
@@ -130,7 +132,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("bench-camera", "pipeline.camera.bench", "camera loop: per-stage time and end-to-end FPS",
           "On replay clips from the val split at 640x480 and 224x224: decode, preprocess, INT8 "
           "and FP32 inference timed alone, then the loop's FPS; writes bench/camera.json.",
-          (Flag("--target", "engine.target", "cpu (ONNX Runtime) or a TensorRT target's engines"),)),
+          (TARGET_FLAG,)),
     Stage("experiment-degradation", "pipeline.experiment", "plain vs residual nets: the degradation experiment",
           "Train plain20, plain56, resnet20 and resnet56 with one recipe on the same data; plot "
           "training (dashed) and val (solid) error, state the outcome, and plot the residual "

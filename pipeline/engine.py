@@ -15,7 +15,7 @@ from pipeline.artifacts import atomic_path, provenance, read_json, sha256_file, 
 from pipeline.config import Config
 from pipeline.errors import StaleArtifactError
 from pipeline.onnx_meta import read_metadata
-from pipeline.optional import import_optional
+from pipeline.optional import import_optional, import_pycuda
 from pipeline.tensorrt_build import BuildRequest, build_engine
 from targets.detect import Platform, detect_platform, resolve_target
 from targets.profile import TargetProfile, load_profiles
@@ -36,9 +36,7 @@ def run(cfg: Config) -> Path:
         print(f"target {profile.name} runs ONNX Runtime: it deploys {model}; no engine to build")
         return model
     trt = import_tensorrt(platform)
-    cuda = import_optional("pycuda.driver", "for the GPU's identity and buffers",
-                           "make setup-device installs pycuda")
-    import_optional("pycuda.autoinit", "to create a CUDA context", "make setup-device installs pycuda")
+    cuda = import_pycuda("for the GPU's identity and buffers")
     identity = machine_identity(trt, cuda, platform)
     built = [build_one(trt, out, profile, precision, identity)
              for precision in dict.fromkeys((profile.precision, "fp32"))]

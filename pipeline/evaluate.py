@@ -16,10 +16,11 @@ import numpy as np
 from pipeline.artifacts import provenance, write_json
 from pipeline.config import Config
 from pipeline.data import ImageSplit, open_dataset
-from pipeline.data.folder import scan_split
+from pipeline.data.folder import open_split
 from pipeline.data.memory import load_files
 from pipeline.errors import DataError
 from pipeline.preprocess import Preprocessing
+from pipeline.runners.compare import softmax
 from pipeline.runners.registry import ModelInfo, open_model
 
 # the run's models and the label each gets in eval/<runtime>-<label>.json
@@ -70,7 +71,7 @@ def evaluate_file(cfg: Config) -> Path | None:
     """``evaluate --model FILE --data DIR``: any model on an ImageFolder tree or one split."""
     model = Path(cfg.evaluate.model)
     _, info = open_model(model, cfg.evaluate.threads)
-    split = _split_for(Path(cfg.data.path), info) if cfg.data.path else open_dataset(cfg.data).split("val")
+    split = open_split(Path(cfg.data.path), info.classes) if cfg.data.path else open_dataset(cfg.data).split("val")
     scores = score_model(model, split, cfg, {})
     print_table([scores], scores)
     if not cfg.evaluate.out:
@@ -95,7 +96,7 @@ def score_model(path: Path, split: ImageSplit, cfg: Config,
     runner.close()
     labels = np.asarray(split.labels)
     top5 = np.argsort(-logits, axis=1)[:, :5]
-    probs = _softmax(logits)
+    probs = softmax(logits)
     return Scores(info, logits.argmax(1), (top5 == labels[:, None]).any(1), probs.max(1), labels)
 
 
@@ -130,17 +131,3 @@ def _write(scores: Scores, reference: Scores, split: ImageSplit, folder: Path, c
               "runtime": scores.info.runtime, "precision": scores.info.precision,
               **scores.summary(), "versus_reference": compare(scores, reference, split.files)}
     return write_json(path, record)
-
-
-def _split_for(folder: Path, info: ModelInfo) -> ImageSplit:
-    """A tree with ``val/`` is scored on it; otherwise the folder is one split."""
-    if (folder / "val").is_dir():
-        folder = folder / "val"
-    if not folder.is_dir():
-        raise DataError(f"{folder}: data folder not found")
-    return scan_split(folder, info.classes)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(1, keepdims=True))
-    return shifted / shifted.sum(1, keepdims=True)

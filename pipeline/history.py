@@ -38,8 +38,7 @@ def open_history(path: Path) -> sqlite3.Connection:
 
 def append(conn: sqlite3.Connection, target: str, model: str, config_hash: str, summary: dict[str, Any]) -> int:
     """Insert one report in its own transaction; returns its id."""
-    with_tx = "BEGIN IMMEDIATE"
-    conn.execute(with_tx)
+    conn.execute("BEGIN IMMEDIATE")
     try:
         cursor = conn.execute(
             "INSERT INTO runs (created, git_commit, target, model, config_hash, summary) VALUES (?, ?, ?, ?, ?, ?)",

@@ -19,3 +19,11 @@ def import_optional(module: str, why: str, how: str) -> ModuleType:
     except ImportError as exc:
         raise MissingDependencyError(f"{module} is needed {why} but cannot be imported "
                                      f"({exc}); {how}") from None
+
+
+def import_pycuda(why: str) -> ModuleType:
+    """``pycuda.driver`` with a CUDA context created (``pycuda.autoinit``)."""
+    how = "make setup-device installs pycuda (it needs the CUDA toolkit)"
+    cuda = import_optional("pycuda.driver", why, how)
+    import_optional("pycuda.autoinit", "to create a CUDA context", how)
+    return cuda

@@ -54,10 +54,11 @@ def run(cfg: Config) -> Path:
     problems = check_tensorrt_qdq(trt_model)
     if problems:
         raise StaleArtifactError(f"{out / 'model.int8.onnx'}: breaks TensorRT's rules ({problems[0]})")
-    paths = {"cpu": out / "model.int8.cpu.onnx", "tensorrt": out / "model.int8.onnx"}
-    _save(cpu_model, paths["cpu"])
-    _save(trt_model, paths["tensorrt"])
-    record = _record(cfg, fp32_path, manifest_path, manifest.set_sha256, len(inputs), paths,
+    models = {"cpu": (cpu_model, out / "model.int8.cpu.onnx"), "tensorrt": (trt_model, out / "model.int8.onnx")}
+    for model, path in models.values():
+        _save(model, path)
+    paths = {kind: path for kind, (_, path) in models.items()}
+    record = _record(cfg, fp32_path, manifest_path, manifest.set_sha256, len(inputs), models,
                      rewritten, seconds)
     write_json(out / "quantize.json", record)
     print(f"quantized with {len(inputs)} calibration images in {seconds:.0f} s: {paths['tensorrt']} "
@@ -77,7 +78,7 @@ def _run_peer(cfg: Config, fp32_path: Path, manifest_path: Path, set_sha256: str
     record.update(method="onnxruntime.quantize_static", calibration={"images": len(inputs),
                   "set_sha256": set_sha256}, seconds=seconds, tensorrt_rules_violations=len(problems),
                   renderings={"peer": {"path": str(out), "sha256": sha256_file(out),
-                                       "qdq_nodes": _count_qdq(out)}}, config=config_to_dict(cfg))
+                                       "qdq_nodes": count_qdq(onnx.load(str(out)))}}, config=config_to_dict(cfg))
     write_json(cfg.run_dir / "quantize.ort.json", record)
     print(f"quantized with ONNX Runtime quantize_static in {seconds:.0f} s: {out}")
     return out
@@ -195,17 +196,18 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 
 
 def _record(cfg: Config, fp32_path: Path, manifest_path: Path, set_sha256: str, images: int,
-            paths: dict[str, Path], rewritten: int, seconds: float) -> dict[str, Any]:
+            models: dict[str, tuple[onnx.ModelProto, Path]], rewritten: int, seconds: float) -> dict[str, Any]:
+    """The record of both renderings, from the models in memory (no re-reading)."""
     record = provenance("quantize", {"fp32": fp32_path, "manifest": manifest_path})
     record.update(method="nncf", calibration={"images": images, "set_sha256": set_sha256},
                   seconds=seconds, uint8_quantizers_made_int8=rewritten,
                   max_drop=cfg.quantize.max_drop or None,
-                  float_layers=float_layers(onnx.load(str(paths["tensorrt"]))),
-                  renderings={k: {"path": str(p), "sha256": sha256_file(p),
-                                  "qdq_nodes": _count_qdq(p)} for k, p in paths.items()},
+                  float_layers=float_layers(models["tensorrt"][0]),
+                  renderings={k: {"path": str(p), "sha256": sha256_file(p), "qdq_nodes": count_qdq(m)}
+                              for k, (m, p) in models.items()},
                   config=config_to_dict(cfg))
     return record
 
 
-def _count_qdq(path: Path) -> int:
-    return sum(n.op_type in QDQ_OPS for n in onnx.load(str(path)).graph.node)
+def count_qdq(model: onnx.ModelProto) -> int:
+    return sum(n.op_type in QDQ_OPS for n in model.graph.node)

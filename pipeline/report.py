@@ -53,8 +53,8 @@ def run(cfg: Config) -> Path:
 def collect_rows(out: Path) -> list[dict[str, Any]]:
     """One row per model: accuracy from eval/, latency from bench/, joined by label."""
     evals = {p.stem: read_json(p) for p in sorted((out / "eval").glob("*.json"))}
-    benches = {p.stem: read_json(p) for p in sorted((out / "bench").glob("*.json"))
-               if "samples_ms" in read_json(p)}
+    found = {p.stem: read_json(p) for p in sorted((out / "bench").glob("*.json"))}
+    benches = {label: record for label, record in found.items() if "samples_ms" in record}  # not clips
     if not evals and not benches:
         raise ConfigError(f"{out}: nothing to report (no eval/ or bench/ JSON); run make demo and make bench")
     fp32 = benches.get("onnxruntime-fp32", {}).get("latency_ms", {}).get("median")

@@ -15,8 +15,7 @@ import numpy as np
 
 from pipeline.artifacts import atomic_path, write_json
 from pipeline.config import Config
-from pipeline.data import open_image_folder
-from pipeline.data.folder import ImageSplit, scan_split
+from pipeline.data.folder import ImageSplit, open_split
 from pipeline.errors import DataError
 
 
@@ -31,7 +30,7 @@ def labels_path(clip: Path) -> Path:
 def run(cfg: Config) -> Path:
     if not cfg.data.path or not cfg.camera.out:
         raise DataError("make-clip: give --data DIR (an ImageFolder tree or split) and --out clip.mp4")
-    split = _split(Path(cfg.data.path))
+    split = open_split(Path(cfg.data.path))
     return make_clip(split, Path(cfg.camera.out), cfg.camera.clip_images, cfg.camera.frames_per_image,
                      cfg.camera.clip_size, cfg.run.seed, cfg.camera.clip_motion)
 
@@ -90,12 +89,3 @@ def read_labels(clip: Path) -> tuple[list[str], list[str]]:
         raise DataError(f"{path}: the replay clip's label file is missing") from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a label file ({exc})") from None
-
-
-def _split(folder: Path) -> ImageSplit:
-    if (folder / "train").is_dir() and (folder / "val").is_dir():
-        return open_image_folder(folder).split("val")
-    from torchvision.datasets.folder import find_classes
-
-    classes, _ = find_classes(folder)
-    return scan_split(folder, tuple(classes))

@@ -27,6 +27,7 @@ from pipeline.config import CameraConfig, Config
 from pipeline.errors import DataError, PipelineError
 from pipeline.preprocess import Preprocessing, read_rgb
 from pipeline.runners.base import Runner
+from pipeline.runners.compare import softmax
 from pipeline.runners.registry import ModelInfo, open_model
 
 
@@ -133,7 +134,7 @@ def process(frame: np.ndarray, label: str | None, cam: CameraConfig, runner: Run
     t0 = time.perf_counter()
     x = prepare(frame, info.preprocessing)
     t1 = time.perf_counter()
-    probs = _softmax(runner.run(x)[0])
+    probs = softmax(runner.run(x)[0])
     t2 = time.perf_counter()
     stats.latency_ms["preprocess"].append((t1 - t0) * 1e3)
     stats.latency_ms["int8"].append((t2 - t1) * 1e3)
@@ -156,7 +157,7 @@ def shadow(x: np.ndarray, probs: np.ndarray, top: int, truth: int | None, refere
            info: ModelInfo, stats: LoopStats) -> None:
     """The FP32 reference on the same input: agreement, flips, confidence change."""
     t0 = time.perf_counter()
-    ref = _softmax(reference.run(x)[0])
+    ref = softmax(reference.run(x)[0])
     stats.latency_ms["fp32"].append((time.perf_counter() - t0) * 1e3)
     ref_top = int(ref.argmax())
     stats.shadow_frames += 1
@@ -245,11 +246,6 @@ def _label_index(label: str | None, info: ModelInfo) -> int | None:
         if label in names:
             return list(names).index(label)
     return None
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max())
-    return e / e.sum()
 
 
 def _has_display() -> bool:

@@ -70,6 +70,17 @@ def scan_split(split_root: Path, classes: tuple[str, ...]) -> ImageSplit:
     return ImageSplit(split_root, files, labels, classes)
 
 
+def open_split(folder: Path, classes: tuple[str, ...] | None = None) -> ImageSplit:
+    """A tree with ``val/`` gives its val split; otherwise ``folder`` is one split (its
+    class folders, unless the model's ``classes`` are given)."""
+    folder = Path(folder)
+    if (folder / "val").is_dir():
+        folder = folder / "val"
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder not found")
+    return scan_split(folder, classes or _class_folders(folder))
+
+
 def read_class_names(root: Path, classes: tuple[str, ...]) -> tuple[str, ...]:
     """Readable names from an optional ``classes.tsv`` (``folder<TAB>name``), else the folders."""
     table = root / "classes.tsv"

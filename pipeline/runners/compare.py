@@ -51,6 +51,12 @@ def compare_runners(reference: Runner, candidate: Runner,
                   agree / n, hits_a / n, hits_b / n)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis, stable for large logits."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
 def _update_worst(worst: dict[str, float], a: np.ndarray, diff: np.ndarray,
                   atol: float, rtol: float) -> None:
     scale = np.abs(a)

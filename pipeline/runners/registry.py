@@ -80,13 +80,12 @@ def onnx_precision(path: Path) -> str:
 
 def _open_engine(path: Path, threads: int) -> tuple[Runner, ModelInfo]:
     from pipeline.engine import import_tensorrt
-    from pipeline.optional import import_optional
+    from pipeline.optional import import_pycuda
     from pipeline.runners.tensorrt_runner import open_engine
     from targets.detect import detect_platform
 
     trt = import_tensorrt(detect_platform())
-    cuda = import_optional("pycuda.driver", "for TensorRT's device buffers", "make setup-device installs pycuda")
-    import_optional("pycuda.autoinit", "to create a CUDA context", "make setup-device installs pycuda")
+    cuda = import_pycuda("for TensorRT's device buffers")
     return open_engine(path, trt, cuda)
 
 
