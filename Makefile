@@ -6,9 +6,11 @@
 #   make demo DATASET=imagenette|cifar10      torchvision's datasets (under build/datasets)
 #   make bench / make report [ACCEPT=1]       latency + regression report (exit 1 on regression)
 #   make test                                 the test suite (CPU)
+#   make device-sim                           the Jetson journey in a simulated JetPack (CI runs it)
 #
-# Variables: RUN=name (artifacts in build/<name>/), MODEL=resnet56, CONFIG=file.toml,
+# Variables: RUN=name (artifacts in build/<name>/; BUILD=folder moves build/), MODEL=resnet56, CONFIG=file.toml,
 # SET="--set train.epochs=3 ..." (any configuration override).
+# On the device (README, "On the Jetson"): TARGET=jetson RUN=<run> BUNDLE=<bundle>.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,14 +27,41 @@ ifeq ($(RECIPE),)
 $(error unknown DATASET '$(DATASET)': choose digits, cifar10 or imagenette, or give DATA=<folder>)
 endif
 CONFIG ?= configs/$(RECIPE).toml
-MODEL ?= $(shell $(PYTHON) -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["model"]["name"])' $(CONFIG))
+# the [model] name of the recipe, read without Python (JetPack's Python has no tomllib)
+MODEL ?= $(shell awk -F'"' '/^\[/{s=$$0} s=="[model]" && /^name *=/{print $$2; exit}' $(CONFIG))
 DATA_ID := $(if $(DATA),$(notdir $(abspath $(DATA))),$(DATASET))
 RUN ?= $(DATA_ID)-$(MODEL)
-B := build/$(RUN)
-ARGS = --config $(CONFIG) --run $(RUN) --set model.name=$(MODEL) \
+BUILD ?= build
+B := $(BUILD)/$(RUN)
+ARGS = --config $(CONFIG) --run $(RUN) --set model.name=$(MODEL) $(if $(filter-out build,$(BUILD)),--set run.root=$(BUILD)) \
        $(if $(DATA),--data $(DATA),--dataset $(DATASET)) $(SET)
 
-.PHONY: experiment-degradation demo train export calibrate quantize evaluate bench-quant engine bundle camera clip bench-camera bench report targets setup setup-device test clean help
+# --- where the deployment stages run --------------------------------------------------
+TARGET ?= cpu
+BUNDLE ?=
+# The machine's own files (device-tree model, L4T release, nvpmodel) are read under this
+# root: "/" on a real machine; `make device-sim` points it at a fake Jetson tree.
+EDGERESNET_SYSROOT ?= /
+export EDGERESNET_SYSROOT
+ON_JETSON := $(wildcard $(EDGERESNET_SYSROOT)/etc/nv_tegra_release)
+DEVICE_PYTHON ?= python3
+DEVICE_VENV ?= .venv-device
+DEVICE_PY := $(DEVICE_VENV)/bin/python
+ENGINE_PY := $(if $(ON_JETSON),$(DEVICE_PY),$(PY))
+ENGINE_READY := $(if $(ON_JETSON),$(DEVICE_VENV)/.installed,$(READY))
+# A device run was unpacked from a bundle (or is about to be): its targets depend only on
+# the bundle's files, and the workstation's chain (train -> export -> quantize) does not
+# exist for it, so nothing can retrain or overwrite what the bundle brought.
+DEVICE_RUN := $(or $(BUNDLE),$(wildcard $(B)/bundle.json))
+# TARGET as every stage resolves it (jetson -> this Jetson's profile), asked once.
+ifneq ($(TARGET),cpu)
+ifneq ($(filter engine evaluate camera bench report,$(MAKECMDGOALS)),)
+PROFILE := $(shell EDGERESNET_SYSROOT=$(EDGERESNET_SYSROOT) $(ENGINE_PY) -m pipeline resolve-target --target $(TARGET) 2>/dev/null || echo $(TARGET))
+endif
+endif
+
+.PHONY: experiment-degradation demo train export calibrate quantize evaluate bench-quant engine bundle \
+        camera clip bench-camera bench report targets setup setup-device device-pycuda device-sim test clean help
 .DELETE_ON_ERROR:
 
 demo: $(B)/eval/onnxruntime-int8.json
@@ -42,20 +71,25 @@ train: $(B)/model.pt
 export: $(B)/model.fp32.onnx
 calibrate: $(B)/calibration/manifest.json
 quantize: $(B)/model.int8.onnx
-evaluate: $(B)/eval/onnxruntime-int8.json
 setup: $(READY)
 
-# NVIDIA's TensorRT binding wheels are kept (not installed: they need libnvinfer) so the
-# tests can hold our TensorRT code and its test fake to the real API's names.
+# NVIDIA's TensorRT binding wheels are kept (not installed: they need libnvinfer), and
+# pycuda's source, so the tests can hold our TensorRT code and the emulator to the real
+# APIs' names.
 TRT_BINDINGS := tensorrt-cu12-bindings==10.3.0 tensorrt-cu13-bindings==11.4.0.106
+PYCUDA := pycuda==2025.1.2
 
 $(READY): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt
 	$(VENV)/bin/pip download --disable-pip-version-check -q --no-deps --only-binary=:all: \
 	    --python-version 3.11 -d $(VENV)/trt-bindings $(TRT_BINDINGS)
+	$(VENV)/bin/pip download --disable-pip-version-check -q --no-deps --no-binary=:all: --no-build-isolation \
+	    -d $(VENV)/trt-bindings $(PYCUDA)
 	touch $@
 
+# --- the workstation: train -> export -> calibrate -> quantize (never in a device run) ---
+ifeq ($(DEVICE_RUN),)
 $(B)/model.pt: $(CONFIG) | $(READY)
 	$(PY) -m pipeline train $(ARGS)
 
@@ -69,9 +103,6 @@ $(B)/calibration/manifest.json: $(B)/model.pt
 $(B)/model.int8.onnx: $(B)/model.fp32.onnx $(B)/calibration/manifest.json
 	$(PY) -m pipeline quantize $(ARGS)
 
-$(B)/eval/onnxruntime-int8.json: $(B)/model.int8.onnx
-	$(PY) -m pipeline evaluate $(ARGS)
-
 # the peer: ONNX Runtime's quantize_static on the same model and manifest
 $(B)/model.int8.ort.onnx: $(B)/model.fp32.onnx $(B)/calibration/manifest.json
 	$(PY) -m pipeline quantize $(ARGS) --method onnxruntime
@@ -82,26 +113,40 @@ $(B)/eval/onnxruntime-int8-ort.json: $(B)/model.int8.ort.onnx $(B)/model.int8.on
 bench-quant: $(B)/eval/onnxruntime-int8-ort.json
 	$(PY) -m pipeline bench-quant $(ARGS)
 
-# --- deployment: TensorRT engines are built on the machine that runs them -------------
-TARGET ?= cpu
-BUNDLE ?=
-DEVICE_VENV ?= .venv-device
-DEVICE_PY := $(DEVICE_VENV)/bin/python
-ON_JETSON := $(wildcard /etc/nv_tegra_release)
-ENGINE_PY := $(if $(ON_JETSON),$(DEVICE_PY),$(PY))
-ENGINE_READY := $(if $(ON_JETSON),$(DEVICE_VENV)/.installed,$(READY))
+bundle: $(B)/bundle-$(TARGET).tar.gz
+$(B)/bundle-%.tar.gz: $(B)/model.int8.onnx
+	$(PY) -m pipeline bundle $(ARGS) --target $*
+MODELS := $(B)/model.int8.onnx
+else
+$(B)/bundle.json: $(BUNDLE) | $(ENGINE_READY)
+	$(ENGINE_PY) -m pipeline unpack $(ARGS) --bundle $(BUNDLE)
+MODELS := $(B)/bundle.json
+endif
 
-engine: | $(ENGINE_READY)
-	$(ENGINE_PY) -m pipeline engine $(ARGS) --target $(TARGET) $(if $(BUNDLE),--bundle $(BUNDLE))
+# --- deployment: engines built, scored and reported on the machine that runs them -------
+ifeq ($(TARGET),cpu)
+DEPLOYED := $(MODELS)
+EVALUATED := $(B)/eval/onnxruntime-int8.json
+engine: $(MODELS) | $(ENGINE_READY)
+	$(ENGINE_PY) -m pipeline engine $(ARGS) --target $(TARGET)
+else
+DEPLOYED := $(B)/engines/$(PROFILE)/model.fp32.engine
+EVALUATED := $(B)/eval/tensorrt-fp32.json
+engine: $(DEPLOYED)
+# the FP32 reference engine is built last, beside the target's INT8 (or FP16) engine
+$(DEPLOYED): $(MODELS) | $(ENGINE_READY)
+	$(ENGINE_PY) -m pipeline engine $(ARGS) --target $(TARGET)
+endif
 
-bundle: $(B)/model.int8.onnx
-	$(PY) -m pipeline bundle $(ARGS) --target $(TARGET)
+evaluate: $(EVALUATED)
+$(EVALUATED): $(DEPLOYED) | $(ENGINE_READY)
+	$(ENGINE_PY) -m pipeline evaluate $(ARGS) --target $(TARGET)
 
 # --- the live loop: INT8 beside its FP32 reference -------------------------------------
 SOURCE ?= 0
 CLIP ?= $(B)/clip.avi
 
-camera: | $(ENGINE_READY)
+camera: $(DEPLOYED) | $(ENGINE_READY)
 	$(ENGINE_PY) -m pipeline camera $(ARGS) --source $(SOURCE) --target $(TARGET)
 
 clip: $(B)/model.int8.onnx
@@ -111,10 +156,10 @@ bench-camera: $(B)/model.int8.onnx
 	$(PY) -m pipeline bench-camera $(ARGS) --target $(TARGET)
 
 # --- regression reports: history in build/reports/history.sqlite -------------------------
-bench: $(B)/eval/onnxruntime-int8.json | $(ENGINE_READY)
+bench: $(EVALUATED) | $(ENGINE_READY)
 	$(ENGINE_PY) -m pipeline bench $(ARGS) --target $(TARGET)
 
-report: | $(ENGINE_READY)
+report: $(EVALUATED) | $(ENGINE_READY)
 	$(ENGINE_PY) -m pipeline report $(ARGS) --target $(TARGET) $(if $(ACCEPT),--accept) $(if $(BASELINE),--baseline $(BASELINE))
 
 # --- the degradation experiment (plain vs residual), default data: the shared Imagenette --
@@ -126,13 +171,48 @@ experiment-degradation: | $(READY)
 targets: | $(READY)
 	$(PY) -m pipeline targets
 
-# The device side: the system's TensorRT and OpenCV (JetPack's, with GStreamer) through
-# system site packages, plus only what deployment needs. No torch, no NNCF.
+# --- the device's environment ------------------------------------------------------------
+# JetPack's Python with the system's TensorRT and OpenCV (JetPack's, with GStreamer) through
+# system site packages (SYSTEM_SITE adds folders, e.g. JetPack's dist-packages for another
+# Python), plus only what deployment needs: no torch, no NNCF, no ONNX Runtime. pycuda has
+# no aarch64 wheel: it is compiled here against CUDA (nvcc on PATH, CUDA's headers/libraries).
+SYSTEM_SITE ?=
+CUDA_HOME ?= /usr/local/cuda
 setup-device: $(DEVICE_VENV)/.installed
 $(DEVICE_VENV)/.installed: requirements-device.txt
-	$(PYTHON) -m venv --system-site-packages $(DEVICE_VENV)
-	$(DEVICE_VENV)/bin/pip install --disable-pip-version-check -q -r requirements-device.txt
+	$(DEVICE_PYTHON) -m venv --system-site-packages $(DEVICE_VENV)
+	$(if $(SYSTEM_SITE),printf '%s\n' $(abspath $(SYSTEM_SITE)) > "$$($(DEVICE_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/system-site.pth")
+	$(DEVICE_PY) -m pip install --disable-pip-version-check -q -r requirements-device.txt
+	$(MAKE) --no-print-directory device-pycuda
+	@$(DEVICE_PY) -c "import tensorrt" 2>/dev/null || echo "note: TensorRT is not importable in $(DEVICE_VENV); JetPack installs it (sudo apt install nvidia-jetpack)"
+	@$(DEVICE_PY) -c "import cv2" 2>/dev/null || echo "note: OpenCV is not importable in $(DEVICE_VENV); JetPack installs it (sudo apt install nvidia-opencv)"
 	touch $@
+
+# pycuda: the one installed (JetPack's, or a simulation's), else compiled against CUDA with
+# nvcc on PATH and CUDA's headers and libraries, and built against the venv's own NumPy (no
+# build isolation: its newest NumPy makes a module NumPy 1.x cannot load). PIP_PYCUDA adds
+# pip options (e.g. --no-index --find-links DIR on a device without a network).
+PIP_PYCUDA ?=
+device-pycuda:
+	@if $(DEVICE_PY) -c "import pycuda.driver" 2>/dev/null; then \
+	    echo "pycuda: $$($(DEVICE_PY) -c 'import os, pycuda; print(os.path.dirname(pycuda.__file__))')"; \
+	elif [ -x "$(CUDA_HOME)/bin/nvcc" ]; then \
+	    echo "pycuda: compiling $(PYCUDA) against $(CUDA_HOME) (no aarch64 wheel exists; minutes on a Jetson)"; \
+	    $(DEVICE_PY) -c "import setuptools, wheel" 2>/dev/null || $(DEVICE_PY) -m pip install -q setuptools wheel; \
+	    PATH="$(CUDA_HOME)/bin:$$PATH" CUDA_ROOT="$(CUDA_HOME)" CPATH="$(CUDA_HOME)/include" \
+	    LIBRARY_PATH="$(CUDA_HOME)/lib64:$(CUDA_HOME)/lib64/stubs" \
+	    $(DEVICE_PY) -m pip install --disable-pip-version-check -q --no-build-isolation $(PIP_PYCUDA) "$(PYCUDA)"; \
+	else \
+	    echo "error: pycuda must be compiled against CUDA and $(CUDA_HOME)/bin/nvcc is missing: install JetPack's CUDA (sudo apt install nvidia-jetpack) or give CUDA_HOME=<folder>" >&2; exit 2; \
+	fi
+
+# The device journey in a simulated JetPack: JetPack 6 (Orin Nano, Python 3.10, TensorRT
+# 10.3) and JetPack 5 (Xavier NX, Python 3.8, TensorRT 8.5), each in a fresh venv made by
+# setup-device with the TensorRT emulator of tests/emulator standing in for JetPack's
+# TensorRT and pycuda, on a copy of this tree, from the bundle this machine packs.
+SIM_BOARDS ?= orin-nano xavier-nx
+device-sim: $(B)/bundle-jetson.tar.gz | $(READY)
+	$(PY) tests/sim/device_sim.py --bundle $(B)/bundle-jetson.tar.gz --out build/device-sim $(SIM_BOARDS)
 
 test: $(READY)
 	$(PY) -m pytest -q tests

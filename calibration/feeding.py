@@ -11,16 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from calibration.manifest import CalibrationManifest
-from pipeline.data.memory import load_files
 from pipeline.errors import DataError
-from pipeline.preprocess import Preprocessing
+from pipeline.preprocess import Preprocessing, load_images
 from pipeline.runners.onnxruntime_runner import OnnxRuntimeRunner
 
 
 def calibration_inputs(manifest: CalibrationManifest, pre: Preprocessing, workers: int = 2) -> np.ndarray:
     """float32 (N, 3, S, S): every manifest image, preprocessed and normalised."""
     files = [Path(item.path) for item in manifest.items]
-    return pre.normalize(load_files(files, pre.prepare, workers, "calibration images")).numpy()
+    return pre.normalize(load_images(files, pre.prepare, workers, "calibration images"))
 
 
 def batches(inputs: np.ndarray, size: int) -> Iterator[np.ndarray]:

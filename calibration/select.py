@@ -10,7 +10,7 @@ import random
 import warnings
 from pathlib import Path
 
-from pipeline.data import ImageSplit
+from pipeline.imagefolder import ImageSplit
 from pipeline.errors import DataError
 
 DEFAULT_IMAGES = 512
@@ -32,10 +32,15 @@ def select_calibration_set(split: ImageSplit, images: int, seed: int) -> list[in
     an explicit request for more images than the split holds is refused.
     """
     refuse_held_out(split.root)
-    wanted = _resolve_count(split, images)
+    return select_balanced(split, _resolve_count(split, images), seed)
+
+
+def select_balanced(split: ImageSplit, count: int, seed: int) -> list[int]:
+    """``count`` indices into ``split``, an equal share per class (remainder spread by the
+    seed; a class with too few images gives its surplus to the others), sorted."""
     rng = random.Random(seed)
     by_class = _indices_by_class(split, rng)
-    shares = _shares(by_class, wanted, rng)
+    shares = _shares(by_class, min(count, len(split)), rng)
     chosen = [i for label, share in shares.items() for i in by_class[label][:share]]
     return sorted(chosen)
 
@@ -59,7 +64,7 @@ def _indices_by_class(split: ImageSplit, rng: random.Random) -> dict[int, list[i
         by_class[label].append(index)
     empty = [split.classes[label] for label, items in by_class.items() if not items]
     if empty:
-        raise DataError(f"{split.root}: class '{empty[0]}' has no images to calibrate on")
+        raise DataError(f"{split.root}: class '{empty[0]}' has no images to choose from")
     for items in by_class.values():
         rng.shuffle(items)
     return by_class

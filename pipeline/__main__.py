@@ -48,33 +48,35 @@ MODEL_FILE_FLAG = Flag("--model", "evaluate.model", "a model file: checkpoint (.
 TARGET_FLAG = Flag("--target", "engine.target", "a profile in targets/ (see `targets`), or jetson")
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("train", "pipeline.train", "train a ResNet; writes build/<run>/model.pt",
+    Stage("train", "pipeline.workstation.train", "train a ResNet; writes build/<run>/model.pt",
           "Train a ResNet on the configured dataset. Writes last.pt each epoch, best.pt on "
           "improvement, and model.pt, train.json and train.png when training ends.",
           (ARCH_FLAG,
            Flag("--resume", "train.resume", "continue from build/<run>/last.pt", is_switch=True),
            Flag("--weights", "model.weights", "fine-tune from a torchvision-format state dict"))),
-    Stage("export", "pipeline.export", "export model.pt to model.fp32.onnx and check parity",
+    Stage("export", "pipeline.workstation.export", "export model.pt to model.fp32.onnx and check parity",
           "Export build/<run>/model.pt to ONNX (dynamic batch, metadata), run onnx.checker, and "
           "compare ONNX Runtime with PyTorch on real val images; fail above the tolerance."),
-    Stage("calibrate", "pipeline.calibrate", "choose the INT8 calibration set from the train split",
+    Stage("calibrate", "pipeline.workstation.calibrate", "choose the INT8 calibration set from the train split",
           "Pick a class-balanced, seeded set of training images (default 512) and write "
           "build/<run>/calibration/manifest.json with each file's label and sha256.",
           (Flag("--images", "calibrate.images", "how many images (0: 512, or all when fewer)",
                 is_text=False),
            Flag("--skip-bad-images", "calibrate.skip_bad_images", "skip unreadable images",
                 is_switch=True))),
-    Stage("quantize", "pipeline.quantize", "INT8 Q/DQ ONNX (TensorRT rules + CPU rendering)",
+    Stage("quantize", "pipeline.workstation.quantize", "INT8 Q/DQ ONNX (TensorRT rules + CPU rendering)",
           "NNCF post-training quantization of model.fp32.onnx from the calibration manifest; "
           "writes model.int8.onnx (TensorRT rules, checked), model.int8.cpu.onnx (UINT8 "
           "activations for ONNX Runtime on x86) and quantize.json.",
           (Flag("--method", "quantize.method", "nncf (default) or onnxruntime (the peer)"),
            Flag("--max-drop", "quantize.max_drop", "accuracy budget: max top-1 drop, e.g. 0.005",
                 is_text=False))),
-    Stage("evaluate", "pipeline.evaluate", "accuracy of the run's models, INT8 vs FP32",
-          "Top-1/top-5, per-class accuracy and confusion on the val split for every model of "
-          "the run, with INT8-vs-FP32 agreement; or --model FILE --data DIR for any model.",
-          (MODEL_FILE_FLAG,
+    Stage("evaluate", "pipeline.device.evaluate", "accuracy of the target's models, INT8 vs FP32",
+          "Top-1/top-5, per-class accuracy and confusion with INT8-vs-FP32 agreement and flips, "
+          "for the models the target deploys: on cpu the run's ONNX models and checkpoint; on a "
+          "TensorRT target its engines (in a run unpacked from a bundle, on the bundle's labelled "
+          "images). --model FILE --data DIR scores any model on any labelled folder.",
+          (TARGET_FLAG, MODEL_FILE_FLAG,
            Flag("--out", "evaluate.out", "write the standalone result as JSON"))),
     Stage("check-qdq", "calibration.check", "check a Q/DQ ONNX against TensorRT's rules",
           "Check every QuantizeLinear/DequantizeLinear of --model FILE: signed INT8, zero point "
@@ -84,31 +86,36 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "Insert Q/DQ nodes (TensorRT rules) into build/<run>/model.fp32.onnx from the "
           "per-tensor scales of a TensorRT calibration cache; writes model.int8.from-cache.onnx.",
           (Flag("--cache", "quantize.cache", "the calibration cache file"),)),
-    Stage("bench", "pipeline.bench", "latency of every model this machine runs for the target",
+    Stage("bench", "pipeline.device.bench", "latency of every model this machine runs for the target",
           "Time torch, ONNX Runtime and (on a GPU target) TensorRT models with one harness: fixed "
           "batch, warm-up, interleaved timed runs; writes bench/<runtime>-<precision>.json.",
           (TARGET_FLAG,)),
-    Stage("report", "pipeline.report", "regression report with history; non-zero exit on regression",
+    Stage("report", "pipeline.device.report", "regression report with history; non-zero exit on regression",
           "Gather eval, bench, quantize and camera JSON into reports/<id>/report.{json,md,html}, "
           "append to the SQLite history, compare with the baseline and the target's budgets.",
           (TARGET_FLAG,
            Flag("--baseline", "report.baseline", "history id to compare with (default: last accepted)",
                 is_text=False),
            Flag("--accept", "report.accept", "mark this report as the accepted baseline", is_switch=True))),
-    Stage("bench-quant", "pipeline.bench_quant", "FP32 vs INT8 renderings vs peer: accuracy, latency",
+    Stage("bench-quant", "pipeline.workstation.bench_quant", "FP32 vs INT8 renderings vs peer: accuracy, latency",
           "Side by side in one run: top-1, drop and agreement (from eval/) and ONNX Runtime "
           "batch-1 latency, interleaved, same threads; writes bench/quant.json and quant.png."),
-    Stage("engine", "pipeline.engine", "build TensorRT engines for a target profile",
+    Stage("engine", "pipeline.device.engine", "build TensorRT engines for a target profile",
           "Build engines/<target>/model.<precision>.engine (and the FP32 reference engine) from "
           "the Q/DQ or FP32 ONNX, on the machine that will run them; --target jetson detects "
           "the Jetson model. Needs TensorRT and pycuda.",
-          (TARGET_FLAG,
-           Flag("--bundle", "engine.bundle", "build from a bundle made by `bundle` (on the device)"))),
-    Stage("bundle", "pipeline.bundle", "pack the ONNX models, manifest and labels for a device",
-          "Write build/<run>/bundle-<target>.tar.gz with the ONNX models, calibration manifest, "
-          "labels, target profiles and SHA256SUMS, to build the engine on the device.",
           (TARGET_FLAG,)),
-    Stage("camera", "pipeline.camera.loop", "live classification: INT8 beside its FP32 reference",
+    Stage("unpack", "pipeline.device.unpack", "unpack a bundle into a run (on the device)",
+          "Check a bundle made by `bundle` (every member a plain file listed in SHA256SUMS with "
+          "its hash) and move its files into build/<run>/, which must be empty or hold this very "
+          "bundle; the run's later stages then read only the bundle's files.",
+          (Flag("--bundle", "engine.bundle", "the bundle-<target>.tar.gz to unpack"),)),
+    Stage("bundle", "pipeline.device.bundle", "pack models, labelled images and a clip for a device",
+          "Write build/<run>/bundle-<target>.tar.gz with the ONNX models, labels, target profiles, "
+          "a labelled evaluation set from the val split, a replay clip and SHA256SUMS: everything "
+          "the device needs to build, score and report its engines.",
+          (TARGET_FLAG,)),
+    Stage("camera", "pipeline.device.camera.loop", "live classification: INT8 beside its FP32 reference",
           "Classify frames from --source (camera index, video file, URL, csi://N, image folder or "
           "replay:clip.mp4) with the INT8 model; every Nth frame the FP32 reference runs on the "
           "same input. Writes camera/<session>.json (and --video-out).",
@@ -125,22 +132,26 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                 is_text=False),
            Flag("--summary", "camera.summary", "write the summary JSON here"),
            Flag("--max-frames", "camera.max_frames", "stop after N frames", is_text=False))),
-    Stage("make-clip", "pipeline.camera.clip", "a labelled replay clip from an image folder",
+    Stage("make-clip", "pipeline.device.camera.clip", "a labelled replay clip from an image folder",
           "Write a video of images from --data (a tree's val split, or one split) with slow drift "
           "and zoom, and <clip>.labels.json beside it, for `camera --source replay:<clip>`.",
           (Flag("--out", "camera.out", "the clip to write (.avi or .mp4)"),)),
-    Stage("bench-camera", "pipeline.camera.bench", "camera loop: per-stage time and end-to-end FPS",
+    Stage("bench-camera", "pipeline.workstation.camera_bench", "camera loop: per-stage time and end-to-end FPS",
           "On replay clips from the val split at 640x480 and 224x224: decode, preprocess, INT8 "
           "and FP32 inference timed alone, then the loop's FPS; writes bench/camera.json.",
           (TARGET_FLAG,)),
-    Stage("experiment-degradation", "pipeline.experiment", "plain vs residual nets: the degradation experiment",
+    Stage("experiment-degradation", "pipeline.workstation.experiment", "plain vs residual nets: the degradation experiment",
           "Train plain20, plain56, resnet20 and resnet56 with one recipe on the same data; plot "
           "training (dashed) and val (solid) error, state the outcome, and plot the residual "
           "branches' relative output norms of the trained resnet56."),
     Stage("targets", "targets.listing", "list target profiles and which fits this machine",
           "List the TensorRT/ONNX Runtime target profiles in targets/, the facts detected "
           "about this machine (Jetson model, L4T/JetPack, GPU, TensorRT) and which profile fits."),
-    Stage("models", "pipeline.models.listing", "list the model names",
+    Stage("resolve-target", "targets.resolve", "print the profile a TARGET names on this machine",
+          "Print the target profile --target resolves to here (jetson: the detected Jetson's "
+          "profile), as every stage resolves it; Make uses it for the engines/<profile>/ paths.",
+          (TARGET_FLAG,)),
+    Stage("models", "pipeline.workstation.models.listing", "list the model names",
           "List every registered architecture with its family and depth."),
 )}
 

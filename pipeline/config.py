@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Tuple
 
 from pipeline.errors import ConfigError
+
+try:  # Python 3.11+; JetPack's Python (3.8, 3.10) reads TOML with tomli, the same parser
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - exercised by the device simulation
+    import tomli as tomllib  # type: ignore[no-redef]
 
 
 def _require(condition: bool, key: str, expected: str, got: Any) -> None:
@@ -82,8 +86,8 @@ class PreprocessConfig:
 
     input_size: int = 32
     resize: int = 0
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
@@ -111,7 +115,7 @@ class TrainConfig:
     pad: int = 4
     crop_scale_min: float = 0.35
     flip: bool = False
-    sizes: tuple[int, ...] = ()
+    sizes: Tuple[int, ...] = ()
     cache_size: int = 0
     precision: str = "auto"
     channels_last: bool = True
@@ -200,10 +204,27 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """TensorRT engines: ``target`` a profile name in targets/ or ``jetson`` (detected)."""
+    """TensorRT engines: ``target`` a profile name in targets/ or ``jetson`` (detected);
+    ``bundle`` the archive ``unpack`` turns into a device run."""
 
     target: str = "cpu"
     bundle: str = ""
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """What a bundle carries beside the models, so the device can score its own engines:
+    ``eval_images`` labelled val images (class-balanced, seeded) and a small replay clip."""
+
+    eval_images: int = 300
+    clip_images: int = 30
+    clip_frames: int = 5
+    clip_size: Tuple[int, int] = (320, 240)
+
+    def __post_init__(self) -> None:
+        _require(self.eval_images >= 1, "bundle.eval_images", "an integer >= 1", self.eval_images)
+        _require(self.clip_images >= 1 and self.clip_frames >= 1, "bundle.clip_images/clip_frames",
+                 "integers >= 1", (self.clip_images, self.clip_frames))
 
 
 @dataclass(frozen=True)
@@ -227,7 +248,7 @@ class CameraConfig:
     out: str = ""
     clip_images: int = 100
     frames_per_image: int = 10
-    clip_size: tuple[int, int] = (640, 480)
+    clip_size: Tuple[int, int] = (640, 480)
     clip_motion: float = 0.1      # drift/zoom of replay clips, as a fraction of the view
 
     def __post_init__(self) -> None:
@@ -272,6 +293,7 @@ class Config:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    bundle: BundleConfig = field(default_factory=BundleConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     report: ReportConfig = field(default_factory=ReportConfig)

@@ -33,3 +33,14 @@ def set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
     for key, value in values.items():
         proto.metadata_props.add(key=META_PREFIX + key, value=value)
     proto.producer_name = "edgeresnet"
+
+
+def onnx_precision(path: Path) -> str:
+    """``fp32``, ``int8`` (signed Q/DQ, TensorRT rules) or ``int8-cpu`` (UINT8 activations)."""
+    model = onnx.load(str(path), load_external_data=False)
+    zero_types = {init.name: init.data_type for init in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    if not qdq:
+        return "fp32"
+    uint8 = any(len(n.input) == 3 and zero_types.get(n.input[2]) == onnx.TensorProto.UINT8 for n in qdq)
+    return "int8-cpu" if uint8 else "int8"

@@ -90,14 +90,16 @@ def plot_report(summary: dict[str, Any], past: list[dict[str, Any]], folder: Pat
         ax.set_title("accuracy per precision")
         plt.setp(ax.get_xticklabels(), rotation=15)
         written.append(_save(plt, fig, folder / "accuracy.png"))
-    written += _per_class_change(plt, rows, summary.get("deployed"), folder)
+    written += _per_class_change(plt, rows, summary.get("reference"), summary.get("deployed"), folder)
     written += _history(plt, past, summary.get("deployed"), folder)
     return written
 
 
-def _per_class_change(plt: Any, rows: list[dict[str, Any]], deployed: str | None, folder: Path) -> list[Path]:
+def _per_class_change(plt: Any, rows: list[dict[str, Any]], reference: str | None, deployed: str | None,
+                      folder: Path) -> list[Path]:
     by_label = {r["label"]: r for r in rows}
-    fp32, int8 = by_label.get("onnxruntime-fp32", {}).get("per_class"), by_label.get(deployed or "", {}).get("per_class")
+    fp32 = by_label.get(reference or "onnxruntime-fp32", {}).get("per_class")
+    int8 = by_label.get(deployed or "", {}).get("per_class")
     if not fp32 or not int8:
         return []
     names = list(fp32)

@@ -7,6 +7,7 @@ for a desktop GPU's compute capability.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
@@ -14,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from targets.profile import TargetProfile
+from targets.profile import TargetProfile, load_profiles
+
+# Where the machine's own files are read from: "/" on a real machine; the device
+# simulation points it at a fake Jetson tree (device-tree model, L4T release, nvpmodel).
+SYSROOT_VARIABLE = "EDGERESNET_SYSROOT"
 
 # L4T release (major.minor[.patch]) -> JetPack, from NVIDIA's JetPack archive.
 JETPACK = {"35.1": "5.0.2", "35.2": "5.1", "35.3": "5.1.1", "35.4": "5.1.2", "35.5": "5.1.3",
@@ -42,9 +47,14 @@ class Platform:
         return self.jetson_model is not None
 
 
-def detect_platform(root: Path = Path("/")) -> Platform:
-    """Read the machine's identity from ``root``."""
-    root = Path(root)
+def system_root() -> Path:
+    """``/``, unless ``EDGERESNET_SYSROOT`` names a stand-in tree (the device simulation)."""
+    return Path(os.environ.get(SYSROOT_VARIABLE) or "/")
+
+
+def detect_platform(root: Path | None = None) -> Platform:
+    """Read the machine's identity from ``root`` (default: :func:`system_root`)."""
+    root = Path(root) if root is not None else system_root()
     model = _jetson_model(root)
     l4t = _l4t_release(root)
     gpu, capability = _desktop_gpu(root) if model is None else (model, None)
@@ -65,7 +75,16 @@ def match_profile(platform: Platform, profiles: dict[str, TargetProfile]) -> tup
     return cpu, "no NVIDIA GPU found (no /proc/driver/nvidia/gpus): ONNX Runtime on the CPU"
 
 
-def resolve_target(name: str, profiles: dict[str, TargetProfile], platform: Platform) -> TargetProfile:
+def target_profile(name: str, fit: bool = True, root: Path | None = None) -> TargetProfile:
+    """The one place a TARGET becomes a profile: every stage and Make target goes through
+    here, so ``jetson`` (the Jetson this is) names the same profile, and the same
+    ``engines/<profile>/`` folder, everywhere. ``fit`` False only resolves the alias (a
+    report can be written off the device); True also checks the profile fits this machine."""
+    return resolve_target(name, load_profiles(), detect_platform(root), fit)
+
+
+def resolve_target(name: str, profiles: dict[str, TargetProfile], platform: Platform,
+                   fit: bool = True) -> TargetProfile:
     """``jetson`` means "the Jetson this is"; a named GPU profile must fit this machine."""
     if name == "jetson":
         if not platform.is_jetson:
@@ -78,7 +97,7 @@ def resolve_target(name: str, profiles: dict[str, TargetProfile], platform: Plat
         return profile
     if name not in profiles:
         raise ConfigError(f"unknown target '{name}'; choose one of: {', '.join(profiles)}, or jetson")
-    return _check_fits(profiles[name], platform)
+    return _check_fits(profiles[name], platform) if fit else profiles[name]
 
 
 def _check_fits(profile: TargetProfile, platform: Platform) -> TargetProfile:
@@ -145,7 +164,7 @@ def _desktop_gpu(root: Path) -> tuple[str | None, float | None]:
 
 
 def _capability(name: str, root: Path) -> float | None:
-    if root == Path("/") and shutil.which("nvidia-smi"):
+    if root == Path("/") and shutil.which("nvidia-smi"):  # only on the real machine
         result = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
                                 capture_output=True, text=True, timeout=20)
         if result.returncode == 0 and result.stdout.strip():

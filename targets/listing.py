@@ -8,7 +8,7 @@ from targets.detect import Platform, detect_platform, match_profile
 from targets.profile import TargetProfile, load_profiles
 
 
-def run(cfg: Config, root: Path = Path("/")) -> None:
+def run(cfg: Config, root: Path | None = None) -> None:
     platform = detect_platform(root)
     profiles = load_profiles()
     match, why = match_profile(platform, profiles)

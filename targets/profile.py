@@ -39,6 +39,7 @@ class TargetProfile:
     optimization_level: int = 3
     timing_cache: str = ""
     max_accuracy_drop: float = 0.005
+    min_agreement: float = 0.99    # INT8 vs FP32 top-1 agreement the report requires
     latency_p99_ms: float = 0.0    # 0: no latency budget
 
     def __post_init__(self) -> None:
@@ -66,6 +67,8 @@ class TargetProfile:
                               f"{self.min_batch}/{self.opt_batch}/{self.max_batch}")
         if not 0 <= self.optimization_level <= 5:
             raise ConfigError(f"optimization_level: expected 0..5, got {self.optimization_level}")
+        if not 0 <= self.min_agreement <= 1:
+            raise ConfigError(f"min_agreement: expected 0..1, got {self.min_agreement}")
         if self.workspace_mb < 1:
             raise ConfigError(f"workspace_mb: expected a positive size, got {self.workspace_mb}")
 

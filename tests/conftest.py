@@ -80,7 +80,7 @@ def _toml(value: object) -> str:
 def datasets_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One materialised copy of the digits dataset for the whole session."""
     from pipeline.config import DataConfig
-    from pipeline.data import open_dataset
+    from pipeline.workstation.data import open_dataset
 
     root = tmp_path_factory.mktemp("datasets")
     open_dataset(DataConfig(name="digits", root=str(root)))
@@ -98,7 +98,7 @@ DIGITS = dict(train__epochs=3, train__batch_size=64, train__lr=0.1, export__pari
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory, datasets_root: Path) -> Config:
     """resnet20 trained for three epochs on digits and exported: shared by many tests."""
-    from pipeline import export, train
+    from pipeline.workstation import export, train
 
     tmp = tmp_path_factory.mktemp("digits-run")
     cfg = make_config(tmp, data__root=str(datasets_root), **DIGITS)
@@ -112,10 +112,13 @@ def quantized_run(digits_run: Config) -> Config:
     """The digits run calibrated (100 images), quantized and evaluated."""
     import dataclasses
 
-    from pipeline import calibrate, evaluate, quantize
+    from pipeline.workstation import calibrate, quantize
+
+    from pipeline.device import evaluate
 
     cfg = dataclasses.replace(digits_run, calibrate=dataclasses.replace(digits_run.calibrate, images=100))
     calibrate.run(cfg)
     quantize.run(cfg)
     evaluate.run(cfg)
     return cfg
+from tests.emulator_fixtures import trt_emulator  # noqa: F401,E402

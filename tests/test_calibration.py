@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from calibration.manifest import load_manifest, make_manifest, write_manifest
 from calibration.qdq import check_tensorrt_qdq, to_tensorrt_rules
 from calibration.select import select_calibration_set
-from pipeline.data import open_image_folder
+from pipeline.workstation.data import open_image_folder
 from pipeline.errors import DataError, StaleArtifactError
 from tests.conftest import write_shapes_tree
 

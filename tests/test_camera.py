@@ -11,13 +11,13 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import evaluate
-from pipeline.camera import loop
-from pipeline.camera.capture import END, Capture
-from pipeline.camera.clip import make_clip
-from pipeline.camera.sources import FrameSource, open_source
+from pipeline.device import evaluate
+from pipeline.device.camera import loop
+from pipeline.device.camera.capture import END, Capture
+from pipeline.device.camera.clip import make_clip
+from pipeline.device.camera.sources import FrameSource, open_source
 from pipeline.config import EvaluateConfig
-from pipeline.data.folder import scan_split
+from pipeline.imagefolder import scan_split
 from pipeline.errors import DataError
 
 
@@ -124,7 +124,7 @@ def test_preprocessing_parity_holds_for_the_live_path(quantized_run) -> None:
 def test_mjpeg_preview_is_served_over_loopback() -> None:
     import urllib.request
 
-    from pipeline.camera.preview import BOUNDARY, MjpegPreview
+    from pipeline.device.camera.preview import BOUNDARY, MjpegPreview
 
     preview = MjpegPreview(port=0)
     assert preview.url.startswith("http://127.0.0.1:")

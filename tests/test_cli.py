@@ -74,7 +74,7 @@ def test_export_refuses_torchvision_weights_as_a_checkpoint(tmp_path: Path) -> N
 
 
 def test_import_pipeline_needs_no_optional_dependency() -> None:
-    code = ("import sys, pipeline, pipeline.__main__, pipeline.train, pipeline.export; "
+    code = ("import sys, pipeline, pipeline.__main__, pipeline.workstation.train, pipeline.workstation.export; "
             "bad = [m for m in ('tensorrt', 'pycuda', 'nncf') if m in sys.modules]; "
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -16,11 +16,12 @@ import torch
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.data.folder import open_image_folder
-from pipeline.data.memory import load_split
-from pipeline.data.sources import CIFAR10_CLASSES, open_dataset
+from pipeline.imagefolder import open_image_folder
+from pipeline.workstation.data.memory import load_split
+from pipeline.workstation.data.sources import CIFAR10_CLASSES, open_dataset
 from pipeline.errors import ConfigError, DataError
 from pipeline.preprocess import Preprocessing, read_rgb
+from tests.conftest import SHARED_IMAGENETTE
 
 COLOURS = {"cat": (200, 30, 40), "dog": (10, 180, 60), "owl": (20, 40, 220)}
 
@@ -77,6 +78,25 @@ def test_good_tree_gives_sorted_classes_and_stable_labelled_files(tmp_path):
     val = ds.split("val")
     assert [ds.classes[label] for label in val.labels] == ["cat", "dog", "owl"]
     assert [p.parent.name for p in val.files] == ["cat", "dog", "owl"]
+
+
+def test_our_scan_lists_what_torchvisions_imagefolder_lists(tmp_path):
+    """The device scans labelled folders without torchvision; the scan must give exactly
+    torchvision's files, order and labels (nested folders, mixed-case extensions, non-images)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    root = good_tree(tmp_path / "tree")
+    nested = root / "train" / "cat" / "deeper"
+    nested.mkdir()
+    (nested / "Z.PNG").write_bytes((root / "train" / "cat" / "a.png").read_bytes())
+    (root / "train" / "dog" / "notes.txt").write_text("not an image")
+    trees = [root / "train"] + ([SHARED_IMAGENETTE / "val"] if SHARED_IMAGENETTE.is_dir() else [])
+    for split_root in trees:
+        classes, index = find_classes(str(split_root))
+        expected = make_dataset(str(split_root), index, extensions=IMG_EXTENSIONS)
+        ours = open_image_folder(split_root.parent).split(split_root.name)
+        assert list(ours.classes) == classes
+        assert [(str(f), label) for f, label in zip(ours.files, ours.labels)] == expected
 
 
 def test_missing_root_is_named(tmp_path):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.workstation.checkpoint import load_checkpoint
 from tests.conftest import ROOT
 
 

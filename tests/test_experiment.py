@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import experiment
+from pipeline.workstation import experiment
 from tests.conftest import make_config
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import export, train
+from pipeline.workstation import export, train
 from pipeline.onnx_meta import read_metadata
 from pipeline.artifacts import sidecar_path
-from pipeline.checkpoint import load_checkpoint
+from pipeline.workstation.checkpoint import load_checkpoint
 from tests.conftest import SHARED_IMAGENETTE, make_config
 
 pytestmark = pytest.mark.skipif(not SHARED_IMAGENETTE.is_dir(), reason="no shared Imagenette copy")

@@ -9,9 +9,9 @@ import torchvision
 from torch import nn
 
 from pipeline.errors import CheckpointError, ConfigError
-from pipeline.models import MODELS, build_model, count_parameters, model_options
-from pipeline.models.resnet import BasicBlock, Bottleneck, PadShortcut, make_stage
-from pipeline.models.weights import load_weights
+from pipeline.workstation.models import MODELS, build_model, count_parameters, model_options
+from pipeline.workstation.models.resnet import BasicBlock, Bottleneck, PadShortcut, make_stage
+from pipeline.workstation.models.weights import load_weights
 
 # The paper's Table 6 figures (option A shortcuts, 10 classes).
 PAPER_PARAMS = {"resnet20": 0.27e6, "resnet56": 0.85e6, "resnet110": 1.7e6}

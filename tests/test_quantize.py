@@ -10,9 +10,10 @@ import onnx
 import pytest
 
 from calibration.qdq import check_tensorrt_qdq
-from pipeline import calibrate, evaluate, quantize
+from pipeline.workstation import calibrate, quantize
+from pipeline.device import evaluate
 from pipeline.config import EvaluateConfig
-from pipeline.runners.registry import onnx_precision
+from pipeline.onnx_meta import onnx_precision
 from tests.test_cli import cli
 
 
@@ -148,7 +149,7 @@ def test_corrupt_calibration_image_is_named_unless_skipped(digits_run, tmp_path:
 
 
 def test_bench_quant_compares_side_by_side(quantized) -> None:
-    from pipeline import bench_quant
+    from pipeline.workstation import bench_quant
 
     cfg = dataclasses.replace(quantized, evaluate=dataclasses.replace(quantized.evaluate, bench_runs=20))
     record = json.loads(bench_quant.run(cfg).read_text())

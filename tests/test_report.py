@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import bench, history, report
-from pipeline.environment import describe_environment
+from pipeline.device import bench, history, report
+from pipeline.device.environment import describe_environment
 from pipeline.errors import ConfigError, RegressionError, StaleArtifactError
 
 
@@ -77,6 +77,25 @@ def test_a_degraded_int8_model_fails_the_gate(reporting) -> None:
         report.run(accepting(reporting, accept=False))
 
 
+def test_agreement_below_the_targets_budget_fails_the_gate(reporting) -> None:
+    """Equal top-1 can hide many flipped images; the target's min_agreement catches them."""
+    flipped = reporting.run_dir / "eval" / "onnxruntime-int8-cpu.json"
+    record = json.loads(flipped.read_text())
+    record["versus_reference"]["top1_drop"] = 0.0
+    record["versus_reference"]["top1_agreement"] = 0.95
+    flipped.write_text(json.dumps(record))
+    with pytest.raises(RegressionError, match=r"onnxruntime-int8-cpu agrees with FP32 on 95.00% of images "
+                                              r"\(budget 99.00%\)"):
+        report.run(accepting(reporting))
+
+
+def test_a_deployed_model_without_accuracy_fails_the_gate(reporting) -> None:
+    """The INT8 model users deploy must have its accuracy defended, not skipped."""
+    (reporting.run_dir / "eval" / "onnxruntime-int8-cpu.json").unlink()
+    with pytest.raises(RegressionError, match="onnxruntime-int8-cpu, the model cpu deploys, has no accuracy"):
+        report.run(accepting(reporting))
+
+
 def test_a_slower_build_fails_beyond_the_noise_allowance(reporting) -> None:
     report.run(accepting(reporting))
     slow = reporting.run_dir / "bench" / "onnxruntime-int8-cpu.json"
@@ -124,7 +143,7 @@ def test_history_survives_concurrent_writers(tmp_path) -> None:
 KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from pipeline import history
+from pipeline.device import history
 conn = history.open_history(Path(sys.argv[1]))
 conn.execute("BEGIN IMMEDIATE")
 conn.execute("INSERT INTO runs (created, target, model, summary) VALUES ('x', 'cpu', 'm', '{}')")

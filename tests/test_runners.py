@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.runners import compare_runners
-from pipeline.runners.torch_runner import TorchRunner
+from pipeline.workstation.torch_runner import TorchRunner
 
 
 def _linear(scale: float, bias_shift: float = 0.0) -> nn.Module:

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torchvision
 
-from pipeline import export, train
+from pipeline.workstation import export, train
 from pipeline.onnx_meta import read_metadata
 from pipeline.artifacts import sha256_file, sidecar_path
-from pipeline.checkpoint import FORMAT, load_checkpoint
+from pipeline.workstation.checkpoint import FORMAT, load_checkpoint
 from pipeline.errors import CheckpointError, ExportError
 from tests.conftest import make_config
 

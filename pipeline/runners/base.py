@@ -3,9 +3,14 @@ camera loop see only this, so comparing FP32 with INT8, or PyTorch with TensorRT
 same code whichever runtimes are on the machine."""
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Protocol, Tuple
 
 import numpy as np
+
+from pipeline.errors import StaleArtifactError
+from pipeline.preprocess import Preprocessing
 
 
 class Runner(Protocol):
@@ -17,3 +22,28 @@ class Runner(Protocol):
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says about itself: a model is always scored with the classes and
+    preprocessing it was trained with, never ones re-typed by the caller."""
+
+    path: Path
+    runtime: str
+    precision: str
+    classes: Tuple[str, ...]
+    class_names: Tuple[str, ...]
+    preprocessing: Preprocessing
+
+    @classmethod
+    def from_metadata(cls, path: Path, runtime: str, precision: str, meta: Dict[str, Any],
+                      source: Path | None = None) -> "ModelInfo":
+        """From our ONNX ``metadata_props`` (``source``: the ONNX they came from)."""
+        missing = [k for k in ("classes", "preprocessing") if k not in meta]
+        if missing:
+            raise StaleArtifactError(f"{source or path}: ONNX metadata lacks '{missing[0]}' (not "
+                                     f"exported by this pipeline?)")
+        return cls(Path(path), runtime, precision, tuple(meta["classes"]),
+                   tuple(meta.get("class_names", meta["classes"])),
+                   Preprocessing.from_dict(meta["preprocessing"]))

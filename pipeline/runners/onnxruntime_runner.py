@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 import onnxruntime as ort
 
 from pipeline.errors import StaleArtifactError
+from pipeline.onnx_meta import onnx_precision, read_metadata
+from pipeline.runners.base import ModelInfo
 
 
 class OnnxRuntimeRunner:
@@ -33,3 +36,10 @@ class OnnxRuntimeRunner:
 
     def close(self) -> None:
         self.session = None
+
+
+def open_onnx(path: Path, threads: int = 0) -> Tuple[OnnxRuntimeRunner, ModelInfo]:
+    """The registry's opener for ``.onnx`` files."""
+    precision = onnx_precision(path)
+    info = ModelInfo.from_metadata(path, "onnxruntime", precision, read_metadata(path))
+    return OnnxRuntimeRunner(path, precision, threads), info

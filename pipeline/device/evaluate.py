@@ -1,0 +1,164 @@
+"""The evaluate stage: top-1/top-5, per-class accuracy and confusion of any model on
+labelled images, through the Runner interface, and INT8-vs-FP32 agreement with flips.
+
+In a run it scores the models the target deploys on the same decoded images and writes
+``eval/<runtime>-<precision>.json``: on the ``cpu`` target the run's ONNX models and
+checkpoint on the val split; on a TensorRT target the target's engines (the FP32
+reference engine first), on the val split or, in a run unpacked from a bundle, on the
+labelled images the bundle carries. ``--model FILE --data DIR`` scores any model on any
+labelled folder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from pipeline.artifacts import provenance, write_json
+from pipeline.config import Config
+from pipeline.device.bundle import EVAL_SET, is_device_run
+from pipeline.errors import DataError
+from pipeline.imagefolder import ImageSplit, laid_out_split, open_split, scan_split
+from pipeline.preprocess import Preprocessing, load_images
+from pipeline.runners.base import ModelInfo, Runner
+from pipeline.runners.compare import softmax
+from pipeline.runners.registry import open_model
+from targets.detect import target_profile
+from targets.profile import TargetProfile
+
+# the run's models on the cpu target and the label each gets in eval/<runtime>-<label>.json
+# (the first one present is the reference that agreement is measured against)
+RUN_MODELS = {"model.fp32.onnx": "fp32", "model.pt": "fp32", "model.int8.onnx": "int8",
+              "model.int8.cpu.onnx": "int8-cpu", "model.int8.ort.onnx": "int8-ort"}
+
+
+@dataclass
+class Scores:
+    """Predictions of one model on one split, and the figures derived from them."""
+
+    info: ModelInfo
+    top1: np.ndarray      # (N,) predicted class
+    top5_hit: np.ndarray  # (N,) bool
+    confidence: np.ndarray  # (N,) softmax probability of the top-1 class
+    labels: np.ndarray
+
+    def summary(self) -> Dict[str, Any]:
+        classes = len(self.info.classes)
+        confusion = np.zeros((classes, classes), dtype=np.int64)
+        np.add.at(confusion, (self.labels, self.top1), 1)
+        per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+        return {"images": int(len(self.labels)), "top1": float((self.top1 == self.labels).mean()),
+                "top5": float(self.top5_hit.mean()),
+                "per_class": dict(zip(self.info.class_names, map(float, per_class))),
+                "confusion": confusion.tolist()}
+
+
+def run(cfg: Config) -> Path:
+    """Score the target's models (or ``evaluate.model``) and return the last JSON written."""
+    if cfg.evaluate.model:
+        return evaluate_file(cfg)
+    out = cfg.run_dir
+    profile = target_profile(cfg.engine.target)
+    models = deployed_models(out, profile)
+    opened = [open_model(m, cfg.evaluate.threads) for m in models]
+    split = evaluation_split(cfg, opened[0][1].classes)
+    cache: Dict[Preprocessing, np.ndarray] = {}
+    scores = [score(runner, info, split, cfg, cache) for runner, info in opened]
+    reference = scores[0]
+    written = [_write(s, reference, split, out / "eval", profile) for s in scores]
+    print_table(scores, reference)
+    return written[-1]
+
+
+def deployed_models(out: Path, profile: TargetProfile) -> List[Path]:
+    """What this target runs: its engines (FP32 reference first), or the run's ONNX models
+    and checkpoint on the ``cpu`` target."""
+    if profile.runtime == "tensorrt":
+        folder = out / "engines" / profile.name
+        wanted = [folder / f"model.{p}.engine" for p in dict.fromkeys(("fp32", profile.precision))]
+        missing = [p for p in wanted if not p.is_file()]
+        if missing:
+            raise DataError(f"{missing[0]}: not built; run make engine TARGET={profile.name} first")
+        return wanted
+    models = [out / name for name in RUN_MODELS if (out / name).is_file()]
+    if not models:
+        raise DataError(f"{out}: no model to evaluate (expected {', '.join(RUN_MODELS)})")
+    return models
+
+
+def evaluation_split(cfg: Config, classes: tuple) -> ImageSplit:
+    """The labelled images a run is scored on: the bundle's in a device run, else the val
+    split of ``data.path`` or of the named dataset (laid out by the workstation)."""
+    if is_device_run(cfg.run_dir):
+        return scan_split(cfg.run_dir / EVAL_SET, tuple(classes))
+    return laid_out_split(cfg.data, "val")
+
+
+def evaluate_file(cfg: Config) -> Path | None:
+    """``evaluate --model FILE --data DIR``: any model on an ImageFolder tree or one split."""
+    model = Path(cfg.evaluate.model)
+    runner, info = open_model(model, cfg.evaluate.threads)
+    split = open_split(Path(cfg.data.path), info.classes) if cfg.data.path else evaluation_split(cfg, info.classes)
+    scores = score(runner, info, split, cfg, {})
+    print_table([scores], scores)
+    if not cfg.evaluate.out:
+        return None
+    return write_json(Path(cfg.evaluate.out), {**provenance("evaluate", {"model": model}),
+                                               "data": str(split.root), **scores.summary()})
+
+
+def score(runner: Runner, info: ModelInfo, split: ImageSplit, cfg: Config,
+          cache: Dict[Preprocessing, np.ndarray]) -> Scores:
+    """Run one model over ``split`` and close it; images are decoded once per
+    preprocessing definition."""
+    if tuple(split.classes) != info.classes:
+        raise DataError(f"{split.root}: classes ({len(split.classes)}) differ from {info.path}'s "
+                        f"({len(info.classes)}); the model was trained on other data")
+    pre = info.preprocessing
+    if pre not in cache:
+        cache[pre] = pre.normalize(load_images(split.files, pre.prepare, cfg.data.workers, f"load {split.root}"))
+    inputs = cache[pre]
+    try:
+        logits = np.concatenate([runner.run(inputs[i:i + cfg.evaluate.batch_size])
+                                 for i in range(0, len(inputs), cfg.evaluate.batch_size)])
+    finally:
+        runner.close()
+    labels = np.asarray(split.labels)
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    probs = softmax(logits)
+    return Scores(info, logits.argmax(1), (top5 == labels[:, None]).any(1), probs.max(1), labels)
+
+
+def compare(candidate: Scores, reference: Scores, files: tuple) -> Dict[str, Any]:
+    """Top-1 agreement with the reference and the images whose label flipped."""
+    flipped = np.nonzero(candidate.top1 != reference.top1)[0]
+    names = candidate.info.class_names
+    return {"reference": str(reference.info.path),
+            "top1_agreement": float((candidate.top1 == reference.top1).mean()),
+            "top1_drop": float((reference.top1 == reference.labels).mean()
+                               - (candidate.top1 == candidate.labels).mean()),
+            "mean_confidence_change": float((candidate.confidence - reference.confidence).mean()),
+            "flipped": [{"file": str(files[i]), "label": names[candidate.labels[i]],
+                         "reference": names[reference.top1[i]], "candidate": names[candidate.top1[i]]}
+                        for i in flipped]}
+
+
+def print_table(scores: List[Scores], reference: Scores) -> None:
+    print(f"{'runtime':<12} {'precision':<9} {'top-1':>7} {'top-5':>7} {'drop':>7} {'agree':>7}  model")
+    base = float((reference.top1 == reference.labels).mean())
+    for s in scores:
+        top1 = float((s.top1 == s.labels).mean())
+        agree = float((s.top1 == reference.top1).mean())
+        print(f"{s.info.runtime:<12} {s.info.precision:<9} {top1:>7.2%} {s.top5_hit.mean():>7.2%} "
+              f"{100 * (base - top1):>6.2f}p {agree:>7.2%}  {s.info.path.name}")
+
+
+def _write(scores: Scores, reference: Scores, split: ImageSplit, folder: Path, profile: TargetProfile) -> Path:
+    label = RUN_MODELS.get(scores.info.path.name, scores.info.precision)
+    path = folder / f"{scores.info.runtime}-{label}.json"
+    record = {**provenance("evaluate", {"model": scores.info.path}), "data": str(split.root),
+              "target": profile.name, "runtime": scores.info.runtime, "precision": scores.info.precision,
+              **scores.summary(), "versus_reference": compare(scores, reference, split.files)}
+    return write_json(path, record)

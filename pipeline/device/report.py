@@ -1,0 +1,233 @@
+"""``make report``: one command that says whether this build is better or worse.
+
+Gathers a run's eval, bench, quantize and camera JSON into ``reports/<id>/report.{json,md,
+html}`` (the HTML self-contained, plots inlined), appends it to the SQLite history, and
+gates it: INT8 drop vs FP32 against the target's budget, accuracy and p99 latency against
+the baseline (the last accepted report for this target and model) with a noise allowance
+measured from the runs' own spread. A regression exits non-zero with the list.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.device import history
+from pipeline.artifacts import read_json, write_json, write_text
+from pipeline.config import Config, ReportConfig, config_to_dict
+from pipeline.device.environment import describe_environment
+from pipeline.errors import ConfigError, RegressionError
+from targets.detect import target_profile
+from targets.profile import TargetProfile
+
+CPU_DEPLOYED = "onnxruntime-int8-cpu"  # what the cpu target deploys; TensorRT targets: tensorrt-<precision>
+
+
+def run(cfg: Config) -> Path:
+    out, profile = cfg.run_dir, target_profile(cfg.engine.target, fit=False)
+    model = out.name  # rows are keyed by run folder and target in the history
+    conn = history.open_history(Path(cfg.report.history))
+    base = choose_baseline(conn, cfg.report, profile.name, model)
+    rows = collect_rows(out, profile)
+    summary = {"run": cfg.run_name, "target": profile.name, "rows": rows, "deployed": deployed_label(profile),
+               "reference": reference_label(profile),
+               "quantize": _optional(out / "quantize.json"), "camera": latest_camera(out),
+               "environment": describe_environment()}
+    failures, notes = gate(summary, base, profile, cfg.report)
+    summary.update(baseline_id=base["id"] if base else None, failures=failures, notes=notes)
+    run_id = history.append(conn, profile.name, model, config_hash(cfg), summary)
+    if cfg.report.accept:
+        history.accept(conn, run_id)
+    folder = Path(cfg.report.history).parent / str(run_id)
+    write_report(folder, run_id, summary, history.recent(conn, profile.name, model), base)
+    print(markdown(summary, run_id, base))
+    print(f"report {folder / 'report.html'}")
+    if failures:
+        raise RegressionError(f"report {run_id}: {len(failures)} regression(s): " + "; ".join(failures))
+    return folder / "report.json"
+
+
+def collect_rows(out: Path, profile: TargetProfile) -> list[dict[str, Any]]:
+    """One row per model of this target: accuracy from eval/, latency from bench/, joined
+    by label; the speed-up is against the FP32 reference of the deployed runtime."""
+    evals = _for_target((out / "eval").glob("*.json"), profile)
+    found = _for_target((out / "bench").glob("*.json"), profile)
+    benches = {label: record for label, record in found.items() if "samples_ms" in record}  # not clips
+    if not evals and not benches:
+        raise ConfigError(f"{out}: nothing to report for {profile.name} (no eval/ or bench/ JSON); run "
+                          f"make evaluate and make bench")
+    fp32 = benches.get(reference_label(profile), {}).get("latency_ms", {}).get("median")
+    rows = []
+    for label in sorted(set(evals) | set(benches), key=_order):
+        e, b = evals.get(label, {}), benches.get(label, {})
+        lat = b.get("latency_ms", {})
+        versus = e.get("versus_reference", {})
+        rows.append({"label": label, "precision": label.split("-", 1)[1], "model_name": out.name,
+                     "top1": e.get("top1"), "drop": versus.get("top1_drop"), "agreement": versus.get("top1_agreement"),
+                     "per_class": e.get("per_class"), "p50": lat.get("median"), "p90": lat.get("p90"),
+                     "p99": lat.get("p99"), "throughput": lat.get("throughput"),
+                     "speedup": fp32 / lat["median"] if fp32 and lat.get("median") else None,
+                     "spread": _spread(b.get("samples_ms")), "size_mb": b.get("size_mb"),
+                     "samples_ms": b.get("samples_ms")})
+    return rows
+
+
+def _for_target(paths: Any, profile: TargetProfile) -> dict[str, Any]:
+    """label → record, leaving out records another target wrote (engines of two targets
+    may share a run folder)."""
+    records = {p.stem: read_json(p) for p in sorted(paths)}
+    return {label: r for label, r in records.items() if r.get("target", profile.name) == profile.name}
+
+
+def deployed_label(profile: TargetProfile) -> str:
+    """The model this target deploys, whether or not the run has results for it."""
+    return CPU_DEPLOYED if profile.runtime == "onnxruntime" else f"tensorrt-{profile.precision}"
+
+
+def reference_label(profile: TargetProfile) -> str:
+    """The FP32 model the deployed one is measured against, on the same runtime."""
+    return "onnxruntime-fp32" if profile.runtime == "onnxruntime" else "tensorrt-fp32"
+
+
+def choose_baseline(conn: Any, cfg: ReportConfig, target: str, model: str) -> dict[str, Any] | None:
+    if not cfg.baseline:
+        return history.last_accepted(conn, target, model)
+    base = history.get(conn, cfg.baseline)
+    if base is None:
+        raise ConfigError(f"report.baseline: no report {cfg.baseline} in {cfg.history}")
+    if (base["target"], base["model"]) != (target, model):
+        raise ConfigError(f"report.baseline: report {cfg.baseline} is for {base['model']} on {base['target']}, "
+                          f"this is {model} on {target}; comparing them would mean nothing")
+    return base
+
+
+def gate(summary: dict[str, Any], base: dict[str, Any] | None, profile: TargetProfile,
+         cfg: ReportConfig) -> tuple[list[str], list[str]]:
+    """What regressed (failures) and what the reader should know (notes)."""
+    rows = {r["label"]: r for r in summary["rows"]}
+    row = rows.get(summary["deployed"])
+    failures, notes = [], []
+    if row is None or row["drop"] is None or row["agreement"] is None:
+        return [f"{summary['deployed']}, the model {profile.name} deploys, has no accuracy beside its FP32 "
+                f"reference: run make evaluate TARGET={profile.name} before the report"], notes
+    if row["drop"] > profile.max_accuracy_drop:
+        failures.append(f"{row['label']} top-1 is {100 * row['drop']:.2f} points below FP32 "
+                        f"(budget {100 * profile.max_accuracy_drop:.2f})")
+    if row["agreement"] < profile.min_agreement:
+        failures.append(f"{row['label']} agrees with FP32 on {row['agreement']:.2%} of images "
+                        f"(budget {profile.min_agreement:.2%})")
+    if profile.latency_p99_ms and row["p99"] and row["p99"] > profile.latency_p99_ms:
+        failures.append(f"{row['label']} p99 {row['p99']:.2f} ms over the budget {profile.latency_p99_ms} ms")
+    if base is None:
+        notes.append("no accepted baseline for this target and model: compared with the budgets only "
+                     "(mark one with `report --accept`)")
+        return failures, notes
+    failures += _versus_baseline(row, base, cfg)
+    return failures, notes
+
+
+def _versus_baseline(row: dict[str, Any], base: dict[str, Any], cfg: ReportConfig) -> list[str]:
+    old = {r["label"]: r for r in base["summary"]["rows"]}.get(row["label"])
+    if old is None:
+        return []
+    failures = []
+    if row["top1"] is not None and old["top1"] is not None and row["top1"] < old["top1"] - cfg.accuracy_tolerance:
+        failures.append(f"{row['label']} top-1 {row['top1']:.2%} vs baseline {old['top1']:.2%} (report {base['id']})")
+    if row["p99"] and old["p99"]:
+        allowance = max(cfg.min_noise, 2 * (row["spread"] or 0), 2 * (old["spread"] or 0))
+        if row["p99"] > old["p99"] * (1 + allowance):
+            failures.append(f"{row['label']} p99 {row['p99']:.2f} ms vs baseline {old['p99']:.2f} ms "
+                            f"(+{row['p99'] / old['p99'] - 1:.0%}, noise allowance {allowance:.0%})")
+    return failures
+
+
+def markdown(summary: dict[str, Any], run_id: int, base: dict[str, Any] | None) -> str:
+    head = (f"## Report {run_id}: {summary['run']} on {summary['target']}"
+            + (f" (baseline {base['id']})" if base else " (no baseline)") + "\n\n"
+            "| model | top-1 | drop vs FP32 | agreement | p50 ms | p90 ms | p99 ms | img/s | speed-up | MB |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+    lines = [f"| {r['label']} | {_pct(r['top1'])} | {_pts(r['drop'])} | {_pct(r['agreement'])} | {_num(r['p50'])} | "
+             f"{_num(r['p90'])} | {_num(r['p99'])} | {_num(r['throughput'], 0)} | {_num(r['speedup'])}x | "
+             f"{_num(r['size_mb'], 1)} |" for r in summary["rows"]]
+    quant = summary.get("quantize") or {}
+    extra = [f"\nCalibration: {quant.get('calibration', {}).get('images', '-')} images, set "
+             f"{str(quant.get('calibration', {}).get('set_sha256', '-'))[:12]}; layers kept in float: "
+             f"{', '.join(quant.get('float_layers') or []) or 'none'}."]
+    state = summary["environment"].get("jetson_state")
+    if state and not state["clocks_locked"]:
+        extra.append("**Warning: Jetson clocks are not locked (run `sudo jetson_clocks`); latency varies.**")
+    verdict = ["\n**Regressions:**"] + [f"- {f}" for f in summary["failures"]] if summary["failures"] else ["\n**No regression.**"]
+    return head + "\n".join(lines) + "\n" + "\n".join(extra + [f"\n_{n}_" for n in summary["notes"]] + verdict) + "\n"
+
+
+def write_report(folder: Path, run_id: int, summary: dict[str, Any], past: list[dict[str, Any]],
+                 base: dict[str, Any] | None) -> None:
+    from pipeline.plots import plot_report
+
+    images = plot_report(summary, past, folder)
+    write_json(folder / "report.json", {"id": run_id, **summary, "history": [
+        {"id": p["id"], "created": p["created"], "commit": p["git_commit"], "accepted": bool(p["accepted"])} for p in past]})
+    md = markdown(summary, run_id, base)
+    write_text(folder / "report.md", md + "".join(f"\n![{p.stem}]({p.name})\n" for p in images))
+    write_text(folder / "report.html", render_html(summary, md, images))
+
+
+def render_html(summary: dict[str, Any], md: str, images: list[Path]) -> str:
+    """Self-contained: the tables as HTML, the plots as inline PNG data."""
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>"
+                   for line in md.splitlines() if line.startswith("| ") and not line.startswith(("| model", "| ---")))
+    header = "".join(f"<th>{h}</th>" for h in ("model", "top-1", "drop vs FP32", "agreement", "p50 ms", "p90 ms",
+                                               "p99 ms", "img/s", "speed-up", "MB"))
+    notes = "".join(f"<li>{html.escape(line[2:])}</li>" for line in md.splitlines() if line.startswith("- "))
+    verdict = "No regression." if not summary["failures"] else "Regressions:"
+    figures = "".join(f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
+                      f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{p.stem}</figcaption></figure>'
+                      for p in images)
+    env = html.escape(json.dumps(summary["environment"], indent=1))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(summary['run'])}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #999;padding:4px 8px;text-align:right}img{max-width:100%}</style></head><body>"
+            f"<h1>{html.escape(summary['run'])} on {html.escape(summary['target'])}</h1>"
+            f"<table id='results'><tr>{header}</tr>{rows}</table><h2>{verdict}</h2><ul>{notes}</ul>"
+            f"{figures}<h2>Environment</h2><pre>{env}</pre></body></html>")
+
+
+def latest_camera(out: Path) -> dict[str, Any] | None:
+    sessions = sorted((out / "camera").glob("*.json"))
+    return read_json(sessions[-1]) if sessions else None
+
+
+def config_hash(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _optional(path: Path) -> dict[str, Any] | None:
+    return read_json(path) if path.is_file() else None
+
+
+def _spread(samples: list[float] | None) -> float | None:
+    if not samples:
+        return None
+    values = np.asarray(samples)
+    return float((np.percentile(values, 90) - np.median(values)) / np.median(values))
+
+
+def _order(label: str) -> tuple[int, str]:
+    return (0 if label.endswith("fp32") else 1, label)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def _pts(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:+.2f}"
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"

@@ -1,0 +1,157 @@
+"""ImageFolder trees (``<root>/<split>/<class>/<image>``): how every dataset reaches us.
+
+Named datasets are laid out as such a tree first (:mod:`pipeline.workstation.data.sources`), so the
+calibration manifest, evaluation and replay clips all see files with paths and hashes.
+
+The scan follows torchvision's ``ImageFolder`` exactly (sorted class folders, sorted walk,
+the same extensions; a test holds the two equal) but is our own code: the device scores
+engines on labelled folders and has no torchvision.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Tuple
+
+from pipeline.config import DataConfig
+from pipeline.errors import DataError
+
+SPLITS = ("train", "val")
+# torchvision.datasets.folder.IMG_EXTENSIONS
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# Where each named dataset is laid out under ``data.root``: the workstation writes it
+# there (pipeline.workstation.data.sources), evaluation anywhere finds it there.
+NAMED_TREES = {"digits": "digits", "cifar10": "cifar10", "imagenette": "imagenette/imagenette2"}
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """One split's files and labels, with the dataset's class list."""
+
+    root: Path
+    files: tuple[Path, ...]
+    labels: tuple[int, ...]
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """An ImageFolder tree: ``classes`` are folder names, ``names`` their readable labels."""
+
+    root: Path
+    classes: tuple[str, ...]
+    names: tuple[str, ...]
+
+    def split(self, name: str) -> ImageSplit:
+        """Scan ``<root>/<name>``; a missing split or a class with no images is refused."""
+        return scan_split(self.root / name, self.classes)
+
+
+def open_image_folder(root: Path) -> ImageDataset:
+    """Check the tree's shape and read its class list (train's class folders are the truth)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    missing = [s for s in SPLITS if not (root / s).is_dir()]
+    if missing:
+        raise DataError(f"{root}: no '{missing[0]}' folder; expected {root}/train/<class>/* "
+                        f"and {root}/val/<class>/*")
+    classes = _class_folders(root / "train")
+    val_classes = _class_folders(root / "val")
+    if val_classes != classes:
+        extra = sorted(set(val_classes) ^ set(classes))
+        raise DataError(f"{root}: train and val have different class folders ({', '.join(extra[:5])})")
+    return ImageDataset(root, classes, read_class_names(root, classes))
+
+
+def scan_split(split_root: Path, classes: tuple[str, ...]) -> ImageSplit:
+    """List every image of a split in a stable (sorted) order."""
+    samples = _walk_classes(Path(split_root), classes)
+    files = tuple(Path(p) for p, _ in samples)
+    labels = tuple(label for _, label in samples)
+    return ImageSplit(split_root, files, labels, classes)
+
+
+def named_tree(root: Path, name: str) -> Path:
+    """Where the named dataset ``name`` is laid out under ``root`` (it may not exist yet)."""
+    if name not in NAMED_TREES:
+        raise DataError(f"data.name: unknown dataset '{name}'; choose one of: {', '.join(NAMED_TREES)}, "
+                        f"or give data.path (DATA=) to an ImageFolder tree")
+    return Path(root) / NAMED_TREES[name]
+
+
+def laid_out_split(data: DataConfig, split: str) -> ImageSplit:
+    """A split of the configured data, laying nothing out: the tree ``data.path`` names, or
+    a named dataset the workstation has already laid out under ``data.root``."""
+    if data.path:
+        return open_image_folder(Path(data.path)).split(split)
+    tree = named_tree(Path(data.root), data.name)
+    if not tree.is_dir():
+        raise DataError(f"{tree}: dataset '{data.name}' is not laid out here; train first "
+                        f"(make demo), or give --data DIR")
+    return open_image_folder(tree).split(split)
+
+
+def _walk_classes(split_root: Path, classes: Tuple[str, ...]) -> List[Tuple[str, int]]:
+    """(file, label) pairs as torchvision's ``make_dataset`` lists them; a class without
+    images is refused, naming it."""
+    samples: List[Tuple[str, int]] = []
+    empty = []
+    for label, name in enumerate(classes):
+        folder = split_root / name
+        found = _images_under(folder) if folder.is_dir() else []
+        samples.extend((path, label) for path in found)
+        if not found:
+            empty.append(name)
+    if empty:
+        raise DataError(f"{split_root}: Found no valid file for the classes {', '.join(sorted(empty))}. "
+                        f"Supported extensions are: {', '.join(IMG_EXTENSIONS)}")
+    return samples
+
+
+def _images_under(folder: Path) -> List[str]:
+    found = []
+    for root, _, names in sorted(os.walk(folder, followlinks=True)):
+        found.extend(os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS))
+    return found
+
+
+def open_split(folder: Path, classes: tuple[str, ...] | None = None) -> ImageSplit:
+    """A tree with ``val/`` gives its val split; otherwise ``folder`` is one split (its
+    class folders, unless the model's ``classes`` are given)."""
+    folder = Path(folder)
+    if (folder / "val").is_dir():
+        folder = folder / "val"
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder not found")
+    return scan_split(folder, classes or _class_folders(folder))
+
+
+def read_class_names(root: Path, classes: tuple[str, ...]) -> tuple[str, ...]:
+    """Readable names from an optional ``classes.tsv`` (``folder<TAB>name``), else the folders."""
+    table = root / "classes.tsv"
+    if not table.is_file():
+        return classes
+    names: dict[str, str] = {}
+    for number, line in enumerate(table.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        folder, sep, name = line.partition("\t")
+        if not sep:
+            raise DataError(f"{table}:{number}: expected 'folder<TAB>name', got {line!r}")
+        names[folder.strip()] = name.strip()
+    return tuple(names.get(c, c) for c in classes)
+
+
+def _class_folders(split_root: Path) -> Tuple[str, ...]:
+    try:
+        classes = sorted(entry.name for entry in os.scandir(split_root) if entry.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        classes = []
+    if not classes:
+        raise DataError(f"{split_root}: no class folders (expected {split_root}/<class>/<image>)")
+    return tuple(classes)
