@@ -144,10 +144,11 @@ $(EVALUATED): $(DEPLOYED) | $(ENGINE_READY)
 
 # --- the live loop: INT8 beside its FP32 reference -------------------------------------
 SOURCE ?= 0
+HEADLESS ?=
 CLIP ?= $(B)/clip.avi
 
 camera: $(DEPLOYED) | $(ENGINE_READY)
-	$(ENGINE_PY) -m pipeline camera $(ARGS) --source $(SOURCE) --target $(TARGET)
+	$(ENGINE_PY) -m pipeline camera $(ARGS) --source $(SOURCE) --target $(TARGET) $(if $(HEADLESS),--headless)
 
 clip: $(B)/model.int8.onnx
 	$(PY) -m pipeline make-clip $(ARGS) --out $(CLIP) $(if $(DATA),--data $(DATA),--data build/datasets/$(DATASET))

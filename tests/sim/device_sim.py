@@ -81,15 +81,15 @@ def simulate(board: Board, bundle: Path, folder: Path) -> list[str]:
     lines = [f"## {board.model}: JetPack {board.jetpack}, Python {board.python}, TensorRT {board.tensorrt} "
              f"(emulated)", "", f"Python: `{python}`; fake root: `{root}`", "",
              "| step | command | seconds | result |", "| --- | --- | --- | --- |"]
-    make = f"make TARGET=jetson RUN={RUN}"
+    on = f"TARGET=jetson RUN={RUN}"
     steps.run("setup-device", f"make setup-device DEVICE_PYTHON={python} SYSTEM_SITE={site}")
     steps.run("stand-ins", f".venv-device/bin/python -m pip install --disable-pip-version-check -q -r {STANDINS}")
     steps.require_missing("torch", "torchvision", "nncf")
-    steps.run("engine", f"{make} engine BUNDLE={bundle}")
-    steps.run("evaluate", f"{make} evaluate")
-    steps.run("camera", f"{make} camera SOURCE=replay:build/{RUN}/clip/replay.avi SET='--headless'")
-    steps.run("bench", f"{make} bench SET='--set evaluate.bench_runs=100'")
-    steps.run("report", f"{make} report")
+    steps.run("engine", f"make engine {on} BUNDLE={bundle}")
+    steps.run("evaluate", f"make evaluate {on}")
+    steps.run("camera", f"make camera {on} SOURCE=replay:build/{RUN}/clip/replay.avi HEADLESS=1")
+    steps.run("bench", f"make bench {on}")
+    steps.run("report", f"make report {on}")
     run_dir = device / "build" / RUN
     check_nothing_trained(run_dir, bundle, steps)
     lines += steps.rows + [""] + figures(run_dir, board)
@@ -210,12 +210,13 @@ def figures(run_dir: Path, board: Board) -> list[str]:
             f"{fp32['top1']:.2%}, INT8 engine top-1 {int8['top1']:.2%}, drop {100 * versus['top1_drop']:+.2f} "
             f"points, agreement {versus['top1_agreement']:.2%}, {len(versus['flipped'])} flipped.",
             f"- **Camera** (replay clip, headless): {camera['frames']} frames, {camera['fps']:.1f} FPS, INT8 "
-            f"accuracy {_pct(camera['int8_accuracy'])}, FP32 {_pct(camera['fp32_accuracy'])}, agreement "
-            f"{_pct(camera['top1_agreement'])} on {camera['shadow_frames']} shadowed frames ({camera['status']}).",
+            f"accuracy {_pct(camera['int8_accuracy'])} over all frames; on the {camera['shadow_frames']} frames the "
+            f"FP32 engine shadowed, agreement {_pct(camera['top1_agreement'])} and FP32 accuracy "
+            f"{_pct(camera['fp32_accuracy'])} ({camera['status']}).",
             "- **Bench** (ONNX Runtime behind the emulator, not Jetson latency): " + ", ".join(
                 f"{label} p50 {lat['median']:.2f} ms / p99 {lat['p99']:.2f} ms" for label, lat in sorted(bench.items())),
-            f"- **Report** {report['id']}: deployed {report['deployed']} gated (drop {100 * row['drop']:+.2f} "
-            f"points vs budget, agreement {row['agreement']:.2%}); "
+            f"- **Report** {report['id']}: deployed {report['deployed']} gated on its drop {100 * row['drop']:+.2f} "
+            f"points and agreement {row['agreement']:.2%} against {board.profile}'s budgets; "
             + ("no regression" if not report["failures"] else "regressions: " + "; ".join(report["failures"])),
             f"- **Jetson state** in the report: {json.dumps(report['environment'].get('jetson_state'))}"]
 
