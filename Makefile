@@ -161,7 +161,8 @@ bench: $(EVALUATED) | $(ENGINE_READY)
 	$(ENGINE_PY) -m pipeline bench $(ARGS) --target $(TARGET)
 
 report: $(EVALUATED) | $(ENGINE_READY)
-	$(ENGINE_PY) -m pipeline report $(ARGS) --target $(TARGET) $(if $(ACCEPT),--accept) $(if $(BASELINE),--baseline $(BASELINE))
+	$(ENGINE_PY) -m pipeline report $(ARGS) --target $(TARGET) $(if $(ACCEPT),--accept) \
+	    $(if $(ACCEPT_REGRESSION),--accept-regression) $(if $(BASELINE),--baseline $(BASELINE))
 
 # --- the degradation experiment (plain vs residual), default data: the shared Imagenette --
 EXPERIMENT_DATA ?= $(or $(DATA),../shared/data/imagenette)

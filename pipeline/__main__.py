@@ -96,7 +96,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           (TARGET_FLAG,
            Flag("--baseline", "report.baseline", "history id to compare with (default: last accepted)",
                 is_text=False),
-           Flag("--accept", "report.accept", "mark this report as the accepted baseline", is_switch=True))),
+           Flag("--accept", "report.accept", "mark this report as the accepted baseline", is_switch=True),
+           Flag("--accept-regression", "report.accept_regression",
+                "with --accept: accept it even though it failed its gate (recorded as such)", is_switch=True))),
     Stage("bench-quant", "pipeline.workstation.bench_quant", "FP32 vs INT8 renderings vs peer: accuracy, latency",
           "Side by side in one run: top-1, drop and agreement (from eval/) and ONNX Runtime "
           "batch-1 latency, interleaved, same threads; writes bench/quant.json and quant.png."),

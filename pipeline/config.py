@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,11 @@ class TrainConfig:
         _one_of("train.precision", self.precision, ("auto", "fp32", "bf16"))
         _one_of("train.device", self.device, ("auto", "cpu", "cuda"))
         _require(all(s >= 8 for s in self.sizes), "train.sizes", "crop sizes >= 8", self.sizes)
+        _require(0 <= self.momentum < 1, "train.momentum", "0 <= x < 1", self.momentum)
+        _require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        _require(self.pad >= 0 and self.cache_size >= 0, "train.pad/cache_size", "integers >= 0",
+                 (self.pad, self.cache_size))
+        _require(self.threads >= 0, "train.threads", "0 (one per core) or a positive count", self.threads)
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,8 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "evaluate.batch_size", "an integer >= 1", self.batch_size)
+        _require(self.threads >= 0, "evaluate.threads", "0 (one per core) or a positive count", self.threads)
+        _require(self.bench_runs >= 1, "evaluate.bench_runs", "an integer >= 1", self.bench_runs)
 
 
 @dataclass(frozen=True)
@@ -225,6 +233,7 @@ class BundleConfig:
         _require(self.eval_images >= 1, "bundle.eval_images", "an integer >= 1", self.eval_images)
         _require(self.clip_images >= 1 and self.clip_frames >= 1, "bundle.clip_images/clip_frames",
                  "integers >= 1", (self.clip_images, self.clip_frames))
+        _require(min(self.clip_size) >= 8, "bundle.clip_size", "a width and height >= 8", self.clip_size)
 
 
 @dataclass(frozen=True)
@@ -254,6 +263,15 @@ class CameraConfig:
     def __post_init__(self) -> None:
         _require(self.shadow_every >= 1, "camera.shadow_every", "an integer >= 1", self.shadow_every)
         _require(0 <= self.smoothing < 1, "camera.smoothing", "0 <= x < 1", self.smoothing)
+        _require(-1 <= self.preview_port <= 65535, "camera.preview_port",
+                 "-1 (off), 0 (any free port) or a port up to 65535", self.preview_port)
+        _require(self.retries >= 0 and self.max_frames >= 0 and self.clip_images >= 0,
+                 "camera.retries/max_frames/clip_images", "integers >= 0",
+                 (self.retries, self.max_frames, self.clip_images))
+        _require(self.timeout_s > 0 and self.top_k >= 1, "camera.timeout_s/top_k", "a positive timeout, top_k >= 1",
+                 (self.timeout_s, self.top_k))
+        _require(min(self.clip_size) >= 8, "camera.clip_size", "a width and height >= 8", self.clip_size)
+        _require(0 <= self.clip_motion < 1, "camera.clip_motion", "0 <= x < 1", self.clip_motion)
         _require(self.frames_per_image >= 1, "camera.frames_per_image", "an integer >= 1",
                  self.frames_per_image)
 
@@ -274,9 +292,15 @@ class ReportConfig:
 
     baseline: int = 0
     accept: bool = False
+    accept_regression: bool = False  # --accept on a report that failed its gate needs this too
     history: str = "build/reports/history.sqlite"
     min_noise: float = 0.10       # p99 may rise this much (or the runs' own spread) before it counts
     accuracy_tolerance: float = 0.005
+
+    def __post_init__(self) -> None:
+        _require(self.baseline >= 0, "report.baseline", "0 (last accepted) or a report id", self.baseline)
+        _require(self.min_noise >= 0 and self.accuracy_tolerance >= 0, "report.min_noise/accuracy_tolerance",
+                 "values >= 0", (self.min_noise, self.accuracy_tolerance))
 
 
 @dataclass(frozen=True)
@@ -408,8 +432,9 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
         if args[-1] is not Ellipsis:
             _require(len(value) == len(args), key, f"a list of {len(args)} values", value)
         return tuple(_coerce(item, v, key, source) for v in value)
-    if hint is float:
+    if hint is float:  # TOML allows inf and nan; no setting of ours means anything with them
         _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, "a number", value)
+        _require(math.isfinite(value), key, "a finite number", value)
         return float(value)
     if hint is int:
         _require(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
