@@ -27,6 +27,9 @@ ifeq ($(RECIPE),)
 $(error unknown DATASET '$(DATASET)': choose digits, cifar10 or imagenette, or give DATA=<folder>)
 endif
 CONFIG ?= configs/$(RECIPE).toml
+ifeq ($(wildcard $(CONFIG)),)
+$(error CONFIG=$(CONFIG): no such file; the recipes are in configs/)
+endif
 # the [model] name of the recipe, read without Python (JetPack's Python has no tomllib)
 MODEL ?= $(shell awk -F'"' '/^\[/{s=$$0} s=="[model]" && /^name *=/{print $$2; exit}' $(CONFIG))
 DATA_ID := $(if $(DATA),$(notdir $(abspath $(DATA))),$(DATASET))
@@ -60,7 +63,8 @@ PROFILE := $(shell EDGERESNET_SYSROOT=$(EDGERESNET_SYSROOT) $(ENGINE_PY) -m pipe
 endif
 endif
 
-.PHONY: experiment-degradation demo train export calibrate quantize evaluate bench-quant engine bundle \
+FORCE:
+.PHONY: FORCE experiment-degradation demo train export calibrate quantize evaluate bench-quant engine bundle \
         camera clip bench-camera bench report targets setup setup-device device-pycuda device-sim test clean help
 .DELETE_ON_ERROR:
 
@@ -90,17 +94,23 @@ $(READY): requirements.txt
 
 # --- the workstation: train -> export -> calibrate -> quantize (never in a device run) ---
 ifeq ($(DEVICE_RUN),)
-$(B)/model.pt: $(CONFIG) | $(READY)
+# The resolved configuration (recipe + SET overrides), one stamp per stage, rewritten only
+# when it changes: Make sees `SET="--set train.lr=0.05"` as a changed file.
+S := $(B)/stamps
+$(S)/train.toml $(S)/export.toml $(S)/calibrate.toml $(S)/quantize.toml &: $(CONFIG) FORCE | $(READY)
+	@$(PY) -m pipeline config-stamps $(ARGS)
+
+$(B)/model.pt: $(S)/train.toml
 	$(PY) -m pipeline train $(ARGS)
 
-$(B)/model.fp32.onnx: $(B)/model.pt
+$(B)/model.fp32.onnx: $(B)/model.pt $(S)/export.toml
 	$(PY) -m pipeline export $(ARGS)
 
-$(B)/calibration/manifest.json: $(B)/model.pt
+$(B)/calibration/manifest.json: $(B)/model.pt $(S)/calibrate.toml
 	$(PY) -m pipeline calibrate $(ARGS)
 
 # one calibration, two renderings: model.int8.onnx (TensorRT rules) and model.int8.cpu.onnx
-$(B)/model.int8.onnx: $(B)/model.fp32.onnx $(B)/calibration/manifest.json
+$(B)/model.int8.onnx: $(B)/model.fp32.onnx $(B)/calibration/manifest.json $(S)/quantize.toml
 	$(PY) -m pipeline quantize $(ARGS)
 
 # the peer: ONNX Runtime's quantize_static on the same model and manifest

@@ -11,6 +11,7 @@ from calibration.qdq import check_tensorrt_qdq
 from calibration.trt_cache import read_cache
 from pipeline.artifacts import atomic_path, provenance, sidecar_path, write_json
 from pipeline.config import Config
+from pipeline.onnx_meta import load_onnx
 from pipeline.errors import ConfigError, StaleArtifactError
 
 
@@ -20,7 +21,7 @@ def run(cfg: Config) -> Path:
     cache_path, fp32_path = Path(cfg.quantize.cache), cfg.run_dir / "model.fp32.onnx"
     out = cfg.run_dir / "model.int8.from-cache.onnx"
     cache = read_cache(cache_path)
-    model, layers, missing = insert_qdq(onnx.load(str(fp32_path)), cache.scales)
+    model, layers, missing = insert_qdq(load_onnx(fp32_path), cache.scales)
     if not layers:
         raise StaleArtifactError(f"{cache_path}: no tensor of {fp32_path} has a scale in this cache "
                                  f"(made for another model?)")

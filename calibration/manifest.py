@@ -66,8 +66,10 @@ def load_manifest(path: Path, verify: bool = True) -> CalibrationManifest:
         manifest = CalibrationManifest(
             source=data["source"], classes=tuple(data["classes"]), seed=int(data["seed"]),
             items=tuple(CalibrationItem(**item) for item in data["items"]))
-    except (KeyError, TypeError) as exc:
-        raise StaleArtifactError(f"{path}: calibration manifest is missing field {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StaleArtifactError(f"{path}: calibration manifest is missing or has a malformed field ({exc})") from None
+    if not manifest.items:
+        raise StaleArtifactError(f"{path}: calibration manifest lists no images; run calibrate again")
     if verify:
         verify_files(manifest, path)
     return manifest

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from pipeline.onnx_meta import load_onnx
 from pipeline.errors import StaleArtifactError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -76,7 +77,7 @@ def check_tensorrt_qdq(model: onnx.ModelProto) -> list[Violation]:
 
 def require_tensorrt_qdq(path: Path) -> int:
     """Check a file; raise naming the first violations. Returns the number of Q/DQ nodes."""
-    model = onnx.load(str(path))
+    model = load_onnx(path)
     problems = check_tensorrt_qdq(model)
     if problems:
         listed = "; ".join(str(p) for p in problems[:3])

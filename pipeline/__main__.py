@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,6 +150,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("targets", "targets.listing", "list target profiles and which fits this machine",
           "List the TensorRT/ONNX Runtime target profiles in targets/, the facts detected "
           "about this machine (Jetson model, L4T/JetPack, GPU, TensorRT) and which profile fits."),
+    Stage("config-stamps", "pipeline.workstation.stamps", "write the resolved configuration for Make",
+          "Write build/<run>/stamps/<stage>.toml with the settings each workstation stage reads, "
+          "rewriting a file only when it changes, so Make rebuilds what a --set override changed."),
     Stage("resolve-target", "targets.resolve", "print the profile a TARGET names on this machine",
           "Print the target profile --target resolves to here (jetson: the detected Jetson's "
           "profile), as every stage resolves it; Make uses it for the engines/<profile>/ paths.",
@@ -188,21 +192,50 @@ def overrides(args: argparse.Namespace, stage: Stage) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The one error boundary: a regression exits 1, a library error (``PipelineError``) is
+    one line and exit 2, anything unexpected is one line naming a log with the traceback
+    and exit 3. No traceback reaches the terminal."""
     args = build_parser().parse_args(argv)
     stage = STAGES[args.stage]
+    cfg = None
     try:
         cfg = load_config(args.config, overrides(args, stage))
         importlib.import_module(stage.module).run(cfg)
     except RegressionError as exc:  # the gate's verdict, distinct from a usage error
-        print(f"regression: {exc}", file=sys.stderr)
+        print(f"regression: {one_line(exc)}", file=sys.stderr)
         return 1
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the boundary: a bug of ours, reported with its log
+        log = write_crash_log(stage.name, Path(cfg.run.root) if cfg else Path("build"))
+        where = f"traceback in {log}" if log else "the traceback could not be written"
+        print(f"internal error in {stage.name}: {type(exc).__name__}: {one_line(exc)} ({where}; "
+              f"please report it)", file=sys.stderr)
+        return 3
     return 0
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (some libraries' messages span several)."""
+    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+
+
+def write_crash_log(stage: str, root: Path) -> Path | None:
+    """The current traceback in ``<root>/logs/<stage>-<time>.log``; None if it cannot be written."""
+    import time
+    import traceback
+
+    path = root / "logs" / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"python -m pipeline {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}", encoding="utf-8")
+    except OSError:
+        return None
+    return path
 
 
 if __name__ == "__main__":

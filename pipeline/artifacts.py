@@ -18,23 +18,42 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
-from pipeline.errors import StaleArtifactError
+from pipeline.errors import ArtifactWriteError, StaleArtifactError
 
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it into place only on success."""
+    """Yield a temporary path beside ``final``; rename it into place only on success.
+
+    The file gets the permissions a plain ``open`` would (0666 less the umask): mkstemp
+    makes it 0600, and an engine or ONNX that Triton, DeepStream or a service running as
+    another user cannot read is not deployable. A write that fails (disk full, read-only
+    folder, ``final`` a folder) is one error naming ``final``, and leaves nothing behind."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".partial{final.suffix}",
-                               dir=final.parent)
-    os.close(fd)
+    if final.is_dir():
+        raise ArtifactWriteError(f"{final}: is a folder, expected a file to write")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".partial{final.suffix}", dir=final.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise ArtifactWriteError(f"{final}: cannot write here ({exc.strerror or exc})") from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~umask())
         os.replace(tmp_path, final)
+    except OSError as exc:
+        raise ArtifactWriteError(f"{final}: writing failed ({exc.strerror or exc}); nothing was written") from None
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -228,12 +228,14 @@ class BundleConfig:
     clip_images: int = 30
     clip_frames: int = 5
     clip_size: Tuple[int, int] = (320, 240)
+    max_unpacked_mb: int = 8192   # unpack refuses an archive declaring more (a decompression bomb)
 
     def __post_init__(self) -> None:
         _require(self.eval_images >= 1, "bundle.eval_images", "an integer >= 1", self.eval_images)
         _require(self.clip_images >= 1 and self.clip_frames >= 1, "bundle.clip_images/clip_frames",
                  "integers >= 1", (self.clip_images, self.clip_frames))
         _require(min(self.clip_size) >= 8, "bundle.clip_size", "a width and height >= 8", self.clip_size)
+        _require(self.max_unpacked_mb >= 1, "bundle.max_unpacked_mb", "an integer >= 1", self.max_unpacked_mb)
 
 
 @dataclass(frozen=True)

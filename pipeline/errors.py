@@ -30,6 +30,10 @@ class StaleArtifactError(PipelineError):
     """An input artifact that does not match what the consumer expects."""
 
 
+class ArtifactWriteError(PipelineError):
+    """An artifact that could not be written (disk full, read-only folder, a folder in the way)."""
+
+
 class MissingDependencyError(PipelineError):
     """An optional package that this step needs is not installed."""
 

@@ -6,13 +6,31 @@ calibration manifest, evaluation and replay clips all see files with paths and h
 The scan follows torchvision's ``ImageFolder`` exactly (sorted class folders, sorted walk,
 the same extensions; a test holds the two equal) but is our own code: the device scores
 engines on labelled folders and has no torchvision.
+
+Links are where it parts from torchvision, which follows every link: a loop inside a class
+folder recurses, and a link from class A to B's images gives them label A. A label is the
+class folder a file lies in, so a link may not carry images across classes:
+
+- A class folder may itself be a link (a class kept on another disk). It is resolved once;
+  two class folders of a split that resolve to the same folder, or one inside the other,
+  are refused naming both. Its files are listed under the class's name, as torchvision does.
+- Inside a class folder, a link to a folder is never followed: it is refused naming the
+  link (so no loop can start), whether or not it would reach another class.
+- A link to an image file is listed only if neither it nor any link it passes through
+  lies in another class folder of the split; otherwise it is refused naming the link and
+  both classes. Links within the class, or to files outside the split's classes, are fine.
+- A broken link (or a loop of file links) with an image's name is refused naming it; links
+  whose names are not images are ignored, like any file that is not an image.
+
+A tree without links lists exactly what torchvision lists. Names are taken as the file
+system gives them (any Unicode), never normalised.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from pipeline.config import DataConfig
 from pipeline.errors import DataError
@@ -98,12 +116,13 @@ def laid_out_split(data: DataConfig, split: str) -> ImageSplit:
 
 def _walk_classes(split_root: Path, classes: Tuple[str, ...]) -> List[Tuple[str, int]]:
     """(file, label) pairs as torchvision's ``make_dataset`` lists them; a class without
-    images is refused, naming it."""
+    images is refused, naming it, and so is a link that breaks the module's link policy."""
+    owners = _resolved_class_folders(split_root, classes)
     samples: List[Tuple[str, int]] = []
     empty = []
     for label, name in enumerate(classes):
         folder = split_root / name
-        found = _images_under(folder) if folder.is_dir() else []
+        found = _images_under(folder, name, owners) if folder.is_dir() else []
         samples.extend((path, label) for path in found)
         if not found:
             empty.append(name)
@@ -113,11 +132,74 @@ def _walk_classes(split_root: Path, classes: Tuple[str, ...]) -> List[Tuple[str,
     return samples
 
 
-def _images_under(folder: Path) -> List[str]:
+def _resolved_class_folders(split_root: Path, classes: Tuple[str, ...]) -> Dict[Path, str]:
+    """Each class folder's real location → its class; refuses two that are one folder or nest."""
+    owners: Dict[Path, str] = {}
+    for name in (c for c in classes if (split_root / c).is_dir()):
+        real = Path(os.path.realpath(split_root / name))
+        if real in owners:
+            raise DataError(f"{split_root}: class folders '{owners[real]}' and '{name}' are the same "
+                            f"folder ({real}); each class needs its own")
+        owners[real] = name
+    # sorted by path components, a folder's descendants follow it at once: check neighbours
+    ordered = sorted(owners, key=lambda path: path.parts)
+    for outer, inner in zip(ordered, ordered[1:]):
+        if _is_within(inner, outer):
+            raise DataError(f"{split_root}: class folder '{owners[inner]}' lies inside class folder "
+                            f"'{owners[outer]}' ({inner}); its images would carry both labels")
+    return owners
+
+
+def _images_under(folder: Path, name: str, owners: Dict[Path, str]) -> List[str]:
     found = []
-    for root, _, names in sorted(os.walk(folder, followlinks=True)):
-        found.extend(os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS))
+    # not followlinks: a link to a folder is refused below, never entered (no loops)
+    for root, dirs, names in sorted(os.walk(folder)):
+        linked = [os.path.join(root, d) for d in sorted(dirs) if os.path.islink(os.path.join(root, d))]
+        if linked:
+            raise DataError(f"{linked[0]}: a link to a folder inside class '{name}'; links to folders "
+                            f"in a class folder are not followed (move the folder in, or link its files)")
+        images = [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS)]
+        for path in images:
+            if os.path.islink(path):
+                _check_file_link(path, name, owners)
+        found.extend(images)
     return found
+
+
+def _check_file_link(link: str, name: str, owners: Dict[Path, str]) -> None:
+    """A link to a file in class ``name`` may not be broken, nor lead through another class."""
+    if not os.path.exists(link):
+        raise DataError(f"{link}: broken link to {os.readlink(link)} (in class '{name}'; its target "
+                        f"does not exist, or links loop)")
+    for hop in _link_hops(link):
+        other = _owner(hop, owners)
+        if other is not None and other != name:
+            raise DataError(f"{link}: a link in class '{name}' to {hop}, in class '{other}'; its "
+                            f"image would be labelled '{name}'")
+
+
+def _link_hops(link: str) -> List[Path]:
+    """Where each link of a chain points (its folder resolved), ending at the real file."""
+    hops: List[Path] = []
+    path = link
+    while os.path.islink(path) and len(hops) < 40:  # 40: the kernel's own limit on a chain
+        target = os.path.join(os.path.dirname(path), os.readlink(path))
+        path = os.path.join(os.path.realpath(os.path.dirname(target)), os.path.basename(target))
+        hops.append(Path(path))
+    return hops
+
+
+def _owner(path: Path, owners: Dict[Path, str]) -> Optional[str]:
+    """The class whose (resolved) folder holds ``path``, if any."""
+    for parent in path.parents:
+        if parent in owners:
+            return owners[parent]
+    return None
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    """``path.is_relative_to(folder)`` (Python 3.9+), for the device's Python 3.8."""
+    return path == folder or folder in path.parents
 
 
 def open_split(folder: Path, classes: tuple[str, ...] | None = None) -> ImageSplit:

@@ -7,22 +7,56 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Tuple
 
 import onnx
 
+from pipeline.errors import ConfigError, StaleArtifactError
+from pipeline.preprocess import Preprocessing
+
 META_PREFIX = "edgeresnet."
+DESCRIBES = ("classes", "preprocessing")  # what every model of ours says about itself
 
 
-def read_metadata(path: Path) -> dict[str, Any]:
-    """Our ``metadata_props`` of an ONNX file, JSON values decoded."""
-    proto = onnx.load(str(path), load_external_data=False)
-    meta = {}
-    for prop in proto.metadata_props:
+def load_onnx(path: Path, external_data: bool = True) -> onnx.ModelProto:
+    """An ONNX file, or one line naming it: missing, a folder, or not ONNX (truncated,
+    another format) are the user's to fix, not a traceback."""
+    path = Path(path)
+    if not path.is_file():
+        raise StaleArtifactError(f"{path}: {'is a folder' if path.is_dir() else 'not found'}, expected an ONNX model")
+    try:
+        return onnx.load(str(path), load_external_data=external_data)
+    except Exception as exc:  # protobuf's DecodeError, onnx's own, OSError on external data
+        raise StaleArtifactError(f"{path}: not a readable ONNX model ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+
+
+def read_metadata(path: Path, require: Tuple[str, ...] = DESCRIBES) -> Dict[str, Any]:
+    """Our ``metadata_props`` of an ONNX file, JSON values decoded; the keys in ``require``
+    must be there (a model exported elsewhere lacks them: imported models come with them)."""
+    meta: Dict[str, Any] = {}
+    for prop in load_onnx(path, external_data=False).metadata_props:
         if prop.key.startswith(META_PREFIX):
             key = prop.key[len(META_PREFIX):]
-            meta[key] = prop.value if key.endswith("sha256") else json.loads(prop.value)
+            meta[key] = prop.value if key.endswith("sha256") else _decoded(path, key, prop.value)
+    missing = [k for k in require if k not in meta]
+    if missing:
+        raise StaleArtifactError(f"{path}: ONNX metadata lacks '{META_PREFIX}{missing[0]}' (not exported by "
+                                 f"this pipeline?)")
+    meta.setdefault("class_names", meta.get("classes"))
+    if "preprocessing" in meta:
+        try:
+            Preprocessing.from_dict(meta["preprocessing"])
+        except ConfigError as exc:
+            raise StaleArtifactError(f"{path}: ONNX metadata '{META_PREFIX}preprocessing' is malformed ({exc})") from None
     return meta
+
+
+def _decoded(path: Path, key: str, value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise StaleArtifactError(f"{path}: ONNX metadata '{META_PREFIX}{key}' is not valid JSON") from None
 
 
 def set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
@@ -37,7 +71,7 @@ def set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
 
 def onnx_precision(path: Path) -> str:
     """``fp32``, ``int8`` (signed Q/DQ, TensorRT rules) or ``int8-cpu`` (UINT8 activations)."""
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx(path, external_data=False)
     zero_types = {init.name: init.data_type for init in model.graph.initializer}
     qdq = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     if not qdq:

@@ -65,9 +65,16 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+        """From a checkpoint's or ONNX file's record; a malformed one is a ConfigError
+        naming what is wrong, not a TypeError."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"preprocessing: expected a table, got {data!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-        return cls(**values)
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"preprocessing: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

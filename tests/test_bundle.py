@@ -120,13 +120,62 @@ def _unlisted(info, data):
     return [(info, data)]
 
 
+def _hardlink(info, data):
+    if info.name == "labels.txt":
+        link = tarfile.TarInfo("evalset/hard")
+        link.type, link.linkname = tarfile.LNKTYPE, "../../../../etc/passwd"
+        return [(info, data), (link, b"")]
+    return [(info, data)]
+
+
+def _twice(info, data):
+    return [(info, data), (info, b"second copy")] if info.name == "labels.txt" else [(info, data)]
+
+
+def _bad_sums_line(info, data):
+    if info.name == "SHA256SUMS":
+        return [(info, b"not a checksum line\n" + data)]
+    return [(info, data)]
+
+
+def _sums_not_utf8(info, data):
+    return [(info, b"\xff\xfe" + data)] if info.name == "SHA256SUMS" else [(info, data)]
+
+
+def _record_not_an_object(info, data):
+    if info.name == "bundle.json":
+        return [(info, b"[1, 2]")]
+    if info.name == "SHA256SUMS":
+        import hashlib
+
+        lines = [line for line in data.decode().splitlines() if not line.endswith("  bundle.json")]
+        lines.append(f"{hashlib.sha256(b'[1, 2]').hexdigest()}  bundle.json")
+        return [(info, ("\n".join(lines) + "\n").encode())]
+    return [(info, data)]
+
+
+def _device_node(info, data):
+    if info.name == "labels.txt":
+        node = tarfile.TarInfo("evalset/null")
+        node.type, node.devmajor, node.devminor = tarfile.CHRTYPE, 1, 3
+        return [(info, data), (node, b"")]
+    return [(info, data)]
+
+
 @pytest.mark.parametrize("change, fragment", [
     (_damage, "model.int8.onnx is missing or damaged"),
     (_climbing_name, "is not a plain relative path"),
     (_symlink, "is not a regular file"),
+    (_hardlink, "is not a regular file"),
+    (_device_node, "is not a regular file"),
     (_absolute, "is not a plain relative path"),
     (_unlisted, "extra.py is not listed in SHA256SUMS"),
-], ids=["damaged", "climbing-name", "symlink", "absolute", "unlisted"])
+    (_twice, "member 'labels.txt' appears twice"),
+    (_bad_sums_line, "SHA256SUMS line 1 is not '<sha256>  <name>'"),
+    (_sums_not_utf8, "SHA256SUMS is not UTF-8 text"),
+    (_record_not_an_object, "bundle.json is not a JSON object"),
+], ids=["damaged", "climbing-name", "symlink", "hardlink", "device", "absolute", "unlisted", "duplicate",
+        "bad-sums-line", "sums-not-utf8", "record-not-object"])
 def test_a_crafted_bundle_is_refused_before_anything_is_written(archive, tmp_path, change, fragment) -> None:
     crafted = rewrite(archive, tmp_path / "crafted.tar.gz", change)
     device = tmp_path / "deep" / "a" / "b" / "run"
@@ -188,3 +237,23 @@ def test_make_on_the_device_uses_only_the_bundle_and_the_resolved_profile(archiv
             if " -m pipeline " in line] == ["evaluate", "bench"], later
     (run_dir / "model.int8.onnx").touch()  # a newer model would retrain on a workstation, not here
     assert "pipeline train" not in make_dry("engine", *common, root=root)
+
+
+def test_a_decompression_bomb_is_refused_at_its_header(tmp_path) -> None:
+    """64 MiB of zeros compress to a few dozen KiB; the declared size is refused before the
+    data is inflated, and the CLI takes the limit from bundle.max_unpacked_mb."""
+    bomb = tmp_path / "bomb.tar.gz"
+    with tarfile.open(bomb, "w:gz") as tar:
+        info = tarfile.TarInfo("model.fp32.onnx")
+        info.size = 64 << 20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    assert bomb.stat().st_size < 1 << 20
+    device = tmp_path / "run"
+    with pytest.raises(StaleArtifactError, match="unpacks to more than 16 MiB .*bundle.max_unpacked_mb"):
+        bundle_stage.unpack_bundle(bomb, device, limit_bytes=16 << 20)
+    assert not device.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tar.gz"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "pipeline", "unpack", "--config", "configs/digits.toml",
+                             "--set", f'run.root="{tmp_path}"', "--set", "bundle.max_unpacked_mb=8",
+                             "--bundle", str(bomb)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unpacks to more than 8 MiB" in result.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 
 from pipeline.config import DataConfig
 from pipeline.imagefolder import open_image_folder
+from pipeline.workstation.data import sources
 from pipeline.workstation.data.memory import load_split
 from pipeline.workstation.data.sources import CIFAR10_CLASSES, open_dataset
 from pipeline.errors import ConfigError, DataError
@@ -167,6 +169,138 @@ def test_malformed_classes_tsv_line_is_named(tmp_path):
     with pytest.raises(DataError) as info:
         open_image_folder(root)
     assert f"{table}:2" in str(info.value)
+
+
+# --- links inside ImageFolder trees ----------------------------------------------------------
+# Policy (pipeline/imagefolder.py's docstring): class folders may be links; inside a class
+# folder, links to folders are refused, links to files only where they do not reach into
+# another class, and broken links are refused. Each test links real files made here.
+
+def torchvision_listing(split_root: Path) -> list[tuple[str, int]]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    _, index = find_classes(str(split_root))
+    return make_dataset(str(split_root), index, extensions=IMG_EXTENSIONS)
+
+
+def our_listing(split_root: Path) -> list[tuple[str, int]]:
+    split = open_image_folder(split_root.parent).split(split_root.name)
+    return [(str(f), label) for f, label in zip(split.files, split.labels)]
+
+
+def test_a_link_loop_inside_a_class_is_refused_naming_the_link(tmp_path):
+    root = good_tree(tmp_path / "tree")
+    loop = root / "train" / "cat" / "again"
+    loop.symlink_to(root / "train" / "cat", target_is_directory=True)  # cat/again/again/...
+    with pytest.raises(DataError) as info:
+        open_image_folder(root).split("train")
+    msg = str(info.value)
+    assert msg.startswith(f"{loop}: ") and "\n" not in msg
+    assert "link to a folder" in msg and "'cat'" in msg
+
+
+def test_a_link_to_another_class_folder_is_refused_not_mislabelled(tmp_path):
+    root = good_tree(tmp_path / "tree")
+    link = root / "train" / "cat" / "more"
+    link.symlink_to(root / "train" / "dog", target_is_directory=True)  # dog's z.png as a cat
+    with pytest.raises(DataError) as info:
+        open_image_folder(root).split("train")
+    msg = str(info.value)
+    assert msg.startswith(f"{link}: ") and "\n" not in msg
+    assert "link to a folder" in msg
+
+
+@pytest.mark.parametrize("via", ["direct", "through-a-link-in-dog", "through-the-split"])
+def test_a_link_to_another_class_file_is_refused_naming_both_classes(tmp_path, via):
+    root = good_tree(tmp_path / "tree")
+    dog_image = root / "train" / "dog" / "z.png"
+    target = {"direct": dog_image,
+              # cat/x.png -> dog/y.png -> outside: the first hop is still dog's
+              "through-a-link-in-dog": root / "train" / "dog" / "y.png",
+              # relative, through the split folder: ../dog/z.png
+              "through-the-split": Path("..") / "dog" / "z.png"}[via]
+    if via == "through-a-link-in-dog":
+        outside = write_image(tmp_path / "outside" / "o.png", solid((1, 2, 3)))
+        target.symlink_to(outside)
+    link = root / "train" / "cat" / "x.png"
+    link.symlink_to(target)
+    with pytest.raises(DataError) as info:
+        open_image_folder(root).split("train")
+    msg = str(info.value)
+    assert msg.startswith(f"{link}: ") and "\n" not in msg
+    assert "'cat'" in msg and "'dog'" in msg
+
+
+def test_a_broken_link_is_refused_naming_it(tmp_path):
+    root = good_tree(tmp_path / "tree")
+    link = root / "val" / "owl" / "gone.png"
+    link.symlink_to(tmp_path / "nowhere" / "gone.png")
+    with pytest.raises(DataError) as info:
+        open_image_folder(root).split("val")
+    msg = str(info.value)
+    assert msg.startswith(f"{link}: ") and "\n" not in msg
+    assert "broken link" in msg
+    assert len(open_image_folder(root).split("train")) == 6  # the other split is unaffected
+
+
+def test_a_class_folder_that_is_a_link_is_scanned_where_it_points(tmp_path):
+    """A class folder may live elsewhere (another disk); its files keep the class's path, as
+    torchvision lists them. Links to files outside the other classes are fine too."""
+    root = good_tree(tmp_path / "tree")
+    elsewhere = make_tree(tmp_path / "elsewhere", {"store": {"owl": ["q.png", "p.png"]}})
+    for split in ("train", "val"):
+        shutil.rmtree(root / split / "owl")
+        (root / split / "owl").symlink_to(elsewhere / "store" / "owl", target_is_directory=True)
+    outside = write_image(tmp_path / "outside" / "o.png", solid((1, 2, 3)))
+    (root / "train" / "dog" / "linked.png").symlink_to(outside)  # a file from outside: kept
+    (root / "train" / "dog" / "same.png").symlink_to("z.png")  # within its own class: kept
+
+    ds = open_image_folder(root)
+    assert ds.classes == ("cat", "dog", "owl")
+    assert our_listing(root / "train") == torchvision_listing(root / "train")
+    train = ds.split("train")
+    assert [p.relative_to(root / "train").as_posix() for p in train.files] == [
+        "cat/a.png", "cat/b.png", "cat/c.png", "dog/linked.png", "dog/same.png", "dog/z.png",
+        "owl/p.png", "owl/q.png"]
+    assert train.labels == (0, 0, 0, 1, 1, 1, 2, 2)
+    assert read_rgb(train.files[3]).shape == (20, 24, 3)
+
+
+@pytest.mark.parametrize("points_to", ["the-same-folder", "inside-another-class", "the-split"])
+def test_class_folders_that_are_one_folder_are_refused_naming_both(tmp_path, points_to):
+    root = good_tree(tmp_path / "tree")
+    target = {"the-same-folder": root / "train" / "dog",
+              "inside-another-class": root / "train" / "dog" / "puppies",
+              "the-split": root / "train"}[points_to]
+    target.mkdir(exist_ok=True)
+    write_image(target / "p.png", solid((5, 5, 5)))
+    (root / "train" / "pup").symlink_to(target, target_is_directory=True)
+    (root / "val" / "pup").mkdir()
+    write_image(root / "val" / "pup" / "v.png", solid((5, 5, 5)))
+    ds = open_image_folder(root)
+    assert "pup" in ds.classes
+    with pytest.raises(DataError) as info:
+        ds.split("train")
+    msg = str(info.value)
+    assert msg.startswith(f"{root / 'train'}: ") and "\n" not in msg
+    assert "'pup'" in msg and ("'dog'" in msg or "'cat'" in msg)
+    assert len(ds.split("val")) == 4
+
+
+def test_unicode_class_and_file_names_are_listed(tmp_path):
+    layout = {split: {"café": ["ünï.png", "b.png"], "猫": ["日本.png", "Ω.JPG"], "ﬁsh": ["a.png"]}
+              for split in ("train", "val")}
+    root = make_tree(tmp_path / "tréé", layout)
+    ds = open_image_folder(root)
+    assert set(ds.classes) == {"café", "猫", "ﬁsh"}
+    assert list(ds.classes) == sorted(ds.classes)
+    assert our_listing(root / "train") == torchvision_listing(root / "train")
+    train = ds.split("train")
+    assert sorted(p.name for p in train.files) == sorted(["ünï.png", "b.png", "日本.png", "Ω.JPG",
+                                                          "a.png"])
+    for path, label in zip(train.files, train.labels):
+        assert path.parent.name == ds.classes[label]
+        assert read_rgb(path).shape == (20, 24, 3)
 
 
 # --- decoding images -------------------------------------------------------------------
@@ -335,11 +469,28 @@ def write_cifar10(root: Path, per_class: int = 2, seed: int = 0) -> dict[str, tu
             "val": batches["test_batch"]}
 
 
+def trust_fake_cifar10(monkeypatch: pytest.MonkeyPatch, root: Path) -> dict[str, str]:
+    """Point the loader's table of known MD5s (``sources.CIFAR10_MD5S``) at this fake's files.
+
+    The loader unpickles only files whose MD5 is CIFAR-10's. The real batches (170 MB) cannot
+    be downloaded in tests and a fake batch cannot have their MD5s, so these tests swap the
+    table for their own files' MD5s, taken when called (after any edit to a batch). The real
+    table is held to torchvision's checksums, and shown in force, by the tests below.
+    """
+    folder = root / "cifar10-source" / "cifar-10-batches-py"
+    md5s = {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())}
+    monkeypatch.setattr(sources, "CIFAR10_MD5S", md5s)
+    return md5s
+
+
 @pytest.fixture(scope="module")
 def cifar10(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar-root")
     source = write_cifar10(root)
-    return root, source, open_dataset(DataConfig(name="cifar10", root=str(root)))
+    with pytest.MonkeyPatch.context() as monkeypatch:  # only while laying out: the other
+        trust_fake_cifar10(monkeypatch, root)  # tests of this module see the real table
+        ds = open_dataset(DataConfig(name="cifar10", root=str(root)))
+    return root, source, ds
 
 
 def test_cifar10_is_laid_out_as_pngs(cifar10):
@@ -378,12 +529,63 @@ def test_cifar10_missing_without_download_names_the_setting(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_cifar10_unreadable_batch_is_a_data_error(tmp_path):
+def test_cifar10_unreadable_batch_is_a_data_error(tmp_path, monkeypatch):
     write_cifar10(tmp_path, per_class=1)
     (tmp_path / "cifar10-source" / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x02 cut")
+    trust_fake_cifar10(monkeypatch, tmp_path)  # past the MD5 check: the unpickling fails
     with pytest.raises(DataError) as info:
         open_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
     assert str(tmp_path / "cifar10-source") in str(info.value)
+    assert not (tmp_path / "cifar10").exists()
+
+
+def test_cifar10_md5_table_is_torchvisions_checksums():
+    from torchvision.datasets import CIFAR10
+
+    expected = dict(CIFAR10.train_list + CIFAR10.test_list)
+    expected[CIFAR10.meta["filename"]] = CIFAR10.meta["md5"]
+    assert sources.CIFAR10_MD5S == expected and sources.CIFAR10_FOLDER == CIFAR10.base_folder
+
+
+def test_cifar10_batches_that_are_not_cifar10s_are_refused(tmp_path):
+    """With the real table in force, batch files that are not CIFAR-10's are not unpickled."""
+    write_cifar10(tmp_path, per_class=1)
+    first = tmp_path / "cifar10-source" / "cifar-10-batches-py" / "data_batch_1"
+    with pytest.raises(DataError) as info:
+        open_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+    assert str(info.value) == f"{first}: MD5 differs from CIFAR-10's; not unpickling it"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar10-source"]
+
+
+class _TouchOnUnpickle:
+    """A pickle payload: unpickling it calls ``open(marker, "w")``, creating the marker."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_cifar10_crafted_batch_runs_no_code(tmp_path, monkeypatch):
+    """A ``data_batch_1`` crafted to run code on unpickling is refused by its MD5, unread.
+
+    The table of known MD5s is monkeypatched to the fake batches' own MD5s (the real CIFAR-10
+    files cannot be downloaded in tests), so the only file that differs is the crafted one.
+    """
+    proof = tmp_path / "proof"
+    pickle.loads(pickle.dumps(_TouchOnUnpickle(proof), protocol=2)).close()
+    assert proof.exists()  # the payload is live: unpickling it runs code
+
+    write_cifar10(tmp_path, per_class=1)
+    trust_fake_cifar10(monkeypatch, tmp_path)  # every file is trusted as written...
+    marker = tmp_path / "code-ran"
+    batch = tmp_path / "cifar10-source" / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(pickle.dumps(_TouchOnUnpickle(marker), protocol=2))  # ...then swapped
+    with pytest.raises(DataError) as info:
+        open_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+    assert not marker.exists()
+    assert str(info.value) == f"{batch}: MD5 differs from CIFAR-10's; not unpickling it"
     assert not (tmp_path / "cifar10").exists()
 
 
@@ -399,15 +601,17 @@ def write_cifar10_with_label_10(root: Path) -> Path:
     return root
 
 
-def test_cifar10_failed_layout_leaves_no_partial_tree(tmp_path):
+def test_cifar10_failed_layout_leaves_no_partial_tree(tmp_path, monkeypatch):
     write_cifar10_with_label_10(tmp_path)
+    trust_fake_cifar10(monkeypatch, tmp_path)
     with pytest.raises(DataError):
         open_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar10-source"]
 
 
-def test_cifar10_label_out_of_range_is_a_data_error(tmp_path):
+def test_cifar10_label_out_of_range_is_a_data_error(tmp_path, monkeypatch):
     write_cifar10_with_label_10(tmp_path)
+    trust_fake_cifar10(monkeypatch, tmp_path)
     with pytest.raises(DataError) as info:
         open_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
     assert str(tmp_path / "cifar10-source") in str(info.value)

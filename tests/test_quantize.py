@@ -159,3 +159,95 @@ def test_bench_quant_compares_side_by_side(quantized) -> None:
     assert rows["int8"]["latency_ms"]["runs"] == 20 and rows["int8"]["latency_ms"]["p99"] >= rows["int8"]["latency_ms"]["median"]
     assert rows["int8-cpu"]["size_mb"] < rows["fp32"]["size_mb"]
     assert (quantized.run_dir / "bench" / "quant.png").is_file()
+
+
+def _run_with(quantized, root: Path, name: str) -> tuple[Path, object]:
+    """A run folder sharing the quantized run's calibration set, and its config."""
+    run = root / name
+    run.mkdir()
+    (run / "calibration").symlink_to(quantized.run_dir / "calibration")
+    cfg = dataclasses.replace(quantized, run=dataclasses.replace(quantized.run, root=str(root), name=name))
+    return run, cfg
+
+
+def test_quantize_refuses_an_onnx_exported_from_another_checkpoint(quantized, tmp_path: Path) -> None:
+    """The run's model.pt was retrained (other weights); its ONNX is the old model's."""
+    import shutil
+
+    import torch
+
+    from pipeline.errors import StaleArtifactError
+    from pipeline.workstation.checkpoint import load_checkpoint, save_checkpoint
+
+    run, cfg = _run_with(quantized, tmp_path, "retrained")
+    shutil.copy(quantized.run_dir / "model.fp32.onnx", run / "model.fp32.onnx")
+    ckpt = load_checkpoint(quantized.run_dir / "model.pt")
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
+    save_checkpoint(dataclasses.replace(ckpt, state_dict=state), run / "model.pt")
+    assert torch.equal(load_checkpoint(run / "model.pt").state_dict["fc.bias"], state["fc.bias"])
+    with pytest.raises(StaleArtifactError, match=rf"^{run / 'model.fp32.onnx'}: exported from another "
+                                                 rf"checkpoint .* than {run / 'model.pt'} .*run export again"):
+        quantize.run(cfg)
+    assert not (run / "model.int8.onnx").exists() and not (run / "quantize.json").exists()
+
+
+def test_quantize_refuses_an_onnx_of_other_classes_than_the_manifest(quantized, tmp_path: Path) -> None:
+    """Another model's ONNX (three classes) copied beside a digits calibration manifest."""
+    import torch
+
+    from pipeline.errors import StaleArtifactError
+    from pipeline.preprocess import Preprocessing
+    from pipeline.workstation.checkpoint import Checkpoint, save_checkpoint
+    from pipeline.workstation.export import export_onnx
+    from pipeline.workstation.models import build_model
+
+    run, cfg = _run_with(quantized, tmp_path, "shapes-onnx")
+    torch.manual_seed(0)
+    model = build_model("resnet20", 3, width=8).eval()
+    other = Checkpoint("resnet20", {"width": 8}, ["bright", "dots", "stripes"], ["bright", "dots", "stripes"],
+                       Preprocessing(32, 32, (0.3,) * 3, (0.37,) * 3), {}, model.state_dict())
+    save_checkpoint(other, tmp_path / "other.pt")
+    export_onnx(model, other, run / "model.fp32.onnx", 18, ckpt_sha256="0" * 64)
+    with pytest.raises(StaleArtifactError, match=rf"^{run / 'model.fp32.onnx'}: 3 classes \(bright, dots, "
+                                                 rf"stripes\) but {run / 'calibration' / 'manifest.json'} "
+                                                 rf"has 10 \(0, 1, 2, \.\.\.\)"):
+        quantize.run(cfg)
+    assert not (run / "quantize.json").exists()
+
+
+def test_score_refuses_nan_logits_naming_the_model_and_the_batch(quantized, tmp_path: Path) -> None:
+    """An FP32 ONNX whose classifier bias went NaN: evaluate names the file and the batch."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from pipeline.errors import StaleArtifactError
+    from pipeline.imagefolder import laid_out_split
+    from pipeline.runners.registry import open_model
+
+    model = onnx.load(str(quantized.run_dir / "model.fp32.onnx"))
+    bias = next(t for t in model.graph.initializer if t.name == "fc.bias")
+    values = numpy_helper.to_array(bias).copy()
+    values[4] = np.nan
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    path = tmp_path / "nan.onnx"
+    onnx.save(model, str(path))
+    runner, info = open_model(path, 1)
+    split = laid_out_split(quantized.data, "val")
+    cfg = dataclasses.replace(quantized, evaluate=dataclasses.replace(quantized.evaluate, batch_size=100))
+    with pytest.raises(StaleArtifactError, match=rf"^{path}: NaN logits on batch 0 \(inputs 0\.\.99\)"):
+        evaluate.score(runner, info, split, cfg, {})
+
+
+def test_same_count_of_other_classes_names_the_first_that_differs(quantized) -> None:
+    from calibration.manifest import load_manifest
+    from pipeline.errors import StaleArtifactError
+    from pipeline.onnx_meta import read_metadata
+
+    out = quantized.run_dir
+    manifest_path = out / "calibration" / "manifest.json"
+    manifest = load_manifest(manifest_path, verify=False)
+    meta = read_metadata(out / "model.fp32.onnx")
+    quantize.require_same_model(out / "model.fp32.onnx", meta, out / "model.pt", manifest, manifest_path)
+    renamed = {**meta, "classes": [c if c != "7" else "seven" for c in meta["classes"]]}
+    with pytest.raises(StaleArtifactError, match=rf"model\.fp32\.onnx: class 7 is 'seven' but {manifest_path} has '7'"):
+        quantize.require_same_model(out / "model.fp32.onnx", renamed, out / "model.pt", manifest, manifest_path)

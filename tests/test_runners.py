@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -44,3 +45,54 @@ def test_large_logits_are_judged_relative_to_their_size() -> None:
                              _batches(), atol=1e-3, rtol=1e-3)
     assert parity.max_abs_error > 0.1
     assert parity.tolerance_ratio <= 1 and parity.top1_agreement == 1
+
+
+def _poisoned(value: float) -> nn.Module:
+    """The same linear model with one output's bias set to ``value`` (NaN or inf)."""
+    layer = _linear(1.0)
+    with torch.no_grad():
+        layer[1].bias[2] = value
+    return layer
+
+
+def test_nan_logits_of_the_candidate_are_an_error_naming_it_and_the_batch() -> None:
+    """max(0, nan) is 0: without the check a NaN model would pass with perfect parity."""
+    from pipeline.errors import StaleArtifactError
+
+    with pytest.raises(StaleArtifactError, match=r"^candidate torch-nan: NaN logits on batch 0 \(inputs 0\.\.7\)"):
+        compare_runners(TorchRunner(_linear(1.0)), TorchRunner(_poisoned(float("nan")), name="torch-nan"),
+                        _batches())
+
+
+def test_infinite_logits_of_the_reference_name_it_and_the_batch() -> None:
+    from pipeline.errors import StaleArtifactError
+
+    def batches():
+        for index, (inputs, labels) in enumerate(_batches()):
+            if index == 1:
+                inputs[3, 0, 0, 0] = np.inf  # one image of the second batch
+            yield inputs, labels
+
+    with pytest.raises(StaleArtifactError, match=r"^model\.pt \(PyTorch\): (NaN and )?infinite logits "
+                                                 r"on batch 1 \(inputs 8\.\.15\)"):
+        compare_runners(TorchRunner(_linear(1.0)), TorchRunner(_linear(1.0)), batches(),
+                        names=("model.pt (PyTorch)", "model.onnx (ONNX Runtime)"))
+
+
+def test_infinite_bias_is_reported_as_infinite() -> None:
+    from pipeline.errors import StaleArtifactError
+
+    with pytest.raises(StaleArtifactError, match=r"candidate torch: infinite logits on batch 0"):
+        compare_runners(TorchRunner(_linear(1.0)), TorchRunner(_poisoned(float("inf"))), _batches())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_latency_sample_is_an_error_naming_the_model(bad: float) -> None:
+    from pipeline.device.latency import summarize
+    from pipeline.errors import PipelineError
+
+    samples = np.array([1.0, 1.2, bad, 0.9])
+    assert summarize(samples[[0, 1, 3]], 1).median == 1.0
+    with pytest.raises(PipelineError, match=r"^onnxruntime-int8: latency sample 2 of 4 is (nan|inf) ms"):
+        summarize(samples, 1, label="onnxruntime-int8")
+

@@ -113,3 +113,54 @@ def test_fine_tuning_from_torchvision_weights_replaces_the_head(tmp_path: Path, 
     ckpt = load_checkpoint(cfg.run_dir / "model.pt")
     assert ckpt.classes == ["bright", "dots", "stripes"]
     assert ckpt.state_dict["fc.weight"].shape == (3, 512)
+
+
+def test_nan_logits_refuse_the_export_and_leave_no_onnx(digits_run, tmp_path: Path) -> None:
+    """NaN logits on both sides used to pass parity (max(0, nan) is 0); now they are named."""
+    import dataclasses
+
+    from pipeline.workstation.checkpoint import save_checkpoint
+
+    cfg = make_config(tmp_path, data__root=digits_run.data.root, run__root=digits_run.run.root,
+                      run__name="nan-logits", export__parity_images=16)
+    out = cfg.run_dir
+    out.mkdir(parents=True)
+    ckpt = load_checkpoint(digits_run.run_dir / "model.pt")
+    state = {k: v.clone() for k, v in ckpt.state_dict.items()}
+    state["fc.bias"][3] = float("nan")
+    save_checkpoint(dataclasses.replace(ckpt, state_dict=state), out / "model.pt")
+    with pytest.raises(ExportError, match=rf"^{out / 'model.pt'} \(PyTorch\): NaN logits on batch 0 "
+                                          rf"\(inputs 0\.\.15\).*{out / 'model.fp32.onnx'} not written"):
+        export.run(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt"]
+
+
+def test_training_that_diverges_stops_naming_epoch_and_step(tmp_path: Path, datasets_root: Path) -> None:
+    """A huge but finite learning rate drives the loss to NaN/inf: no model.pt, one line."""
+    from pipeline.errors import PipelineError
+
+    cfg = make_config(tmp_path, data__root=str(datasets_root), train__epochs=2, train__lr=1e30,
+                      train__batch_size=128, model__width=8, train__precision="fp32")
+    with pytest.raises(PipelineError, match=r"^training diverged at epoch 1, step \d+/\d+: loss is (nan|inf)") as info:
+        train.run(cfg)
+    assert "\n" not in str(info.value) and "train.lr=1e+30" in str(info.value)
+    assert not (cfg.run_dir / "model.pt").exists()
+    assert not (cfg.run_dir / "last.pt").exists(), "the diverged epoch was saved"
+
+
+def test_nan_val_logits_stop_training_naming_the_epoch_and_batch(tmp_path: Path, datasets_root: Path) -> None:
+    """BatchNorm statistics that went NaN leave the training loss finite (training uses the
+    batch's statistics) but every val logit NaN: training stops at the first val pass."""
+    from pipeline.errors import PipelineError
+    from pipeline.workstation.models import build_model
+
+    torch.manual_seed(0)
+    state = build_model("resnet20", 10, width=8).state_dict()
+    state["layer2.0.bn1.running_mean"][0] = float("nan")
+    weights = tmp_path / "nan-stats.pth"
+    torch.save(state, weights)
+    cfg = make_config(tmp_path, data__root=str(datasets_root), train__epochs=2, train__batch_size=128,
+                      model__width=8, model__weights=str(weights), train__precision="fp32")
+    with pytest.raises(PipelineError, match=r"^training diverged at epoch 1: NaN logits on val batch 0 "):
+        train.run(cfg)
+    assert not (cfg.run_dir / "model.pt").exists() and not (cfg.run_dir / "last.pt").exists()

@@ -32,7 +32,7 @@ def run(cfg: Config) -> Path:
     samples, extra = interleaved_latency(models, threads, cfg.evaluate.bench_runs, cfg.bench.batch)
     written = []
     for label, path in models.items():
-        stats = summarize(samples[label], cfg.bench.batch)
+        stats = summarize(samples[label], cfg.bench.batch, label)
         record = {"model": str(path), "label": label, "target": profile.name,
                   "runtime": label.split("-")[0], "precision": label.split("-", 1)[1], "batch": cfg.bench.batch, "threads": threads,
                   "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -18,8 +18,9 @@ import shutil
 import tarfile
 import tempfile
 import time
+import zlib
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 import pipeline
 from pipeline.artifacts import atomic_path, read_json, sha256_file, write_json
@@ -127,23 +128,27 @@ def _write_archive(out: Path, files: Dict[str, Path], texts: Dict[str, str]) -> 
             tar.addfile(info, io.BytesIO(data))
 
 
-def unpack_bundle(bundle: Path, run_dir: Path) -> List[str]:
+def unpack_bundle(bundle: Path, run_dir: Path, limit_bytes: int = 8192 << 20) -> List[str]:
     """Check the archive in a scratch folder, then move its files into ``run_dir``.
 
-    Refused: a member that is not a regular file or whose name leaves the folder, a file
-    missing from SHA256SUMS or differing from it, and a run that already holds other
-    files. The same bundle unpacked again is a no-op."""
+    Refused, before anything reaches the run: a member that is not a regular file (links,
+    hard links, folders, devices), a name that is not a plain relative path or comes twice,
+    more than ``limit_bytes`` in all (a decompression bomb is refused at its header, before
+    its data is inflated), a file missing from SHA256SUMS or differing from it, and a run
+    that already holds other files. The same bundle unpacked again is a no-op."""
     bundle = Path(bundle)
-    digest = sha256_file(bundle) if bundle.is_file() else None
-    if digest is None:
+    if not bundle.is_file():
         raise StaleArtifactError(f"{bundle}: bundle not found")
+    digest = sha256_file(bundle)
     if _already_unpacked(run_dir, digest):
         return []
     _require_empty_run(run_dir, bundle)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=run_dir.parent, prefix=f".{run_dir.name}.unpack.") as scratch:
-        names = _extract_checked(bundle, Path(scratch))
+        names = _extract_checked(bundle, Path(scratch), limit_bytes)
         record = read_json(Path(scratch) / RECORD)
+        if not isinstance(record, dict):
+            raise StaleArtifactError(f"{bundle}: {RECORD} is not a JSON object")
         record.update(bundle=str(bundle.resolve()), bundle_sha256=digest,
                       unpacked=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_json(Path(scratch) / RECORD, record)
@@ -168,38 +173,50 @@ def _require_empty_run(run_dir: Path, bundle: Path) -> None:
                                  f"(RUN=<name>) or remove {run_dir} first")
 
 
-def _extract_checked(bundle: Path, scratch: Path) -> List[str]:
-    """Extract regular files only, by name checks of our own (``tarfile``'s ``filter`` is
-    missing from JetPack 5's Python 3.8.10), then verify every checksum."""
+def _extract_checked(bundle: Path, scratch: Path, limit_bytes: int) -> List[str]:
+    """Extract regular files only, member by member as the archive is read, by checks of
+    our own (``tarfile``'s ``filter`` is missing from JetPack 5's Python 3.8.10), then
+    verify every checksum."""
+    names: List[str] = []
+    total = 0
     try:
         with tarfile.open(bundle, "r:gz") as tar:
-            members = [_checked_member(bundle, m) for m in tar.getmembers()]
-            for member in members:
-                target = scratch / member.name
+            for member in tar:
+                target = _checked_member(bundle, member, scratch, set(names))
+                total += member.size
+                if total > limit_bytes:
+                    raise StaleArtifactError(f"{bundle}: unpacks to more than {limit_bytes >> 20} MiB "
+                                             f"(at {member.name!r}); refused (bundle.max_unpacked_mb)")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with tar.extractfile(member) as src, target.open("wb") as dst:
                     shutil.copyfileobj(src, dst)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+                names.append(member.name)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise StaleArtifactError(f"{bundle}: not a readable bundle ({exc})") from None
-    return _verify_sums(bundle, scratch, [m.name for m in members])
+    return _verify_sums(bundle, scratch, names)
 
 
-def _checked_member(bundle: Path, member: tarfile.TarInfo) -> tarfile.TarInfo:
+def _checked_member(bundle: Path, member: tarfile.TarInfo, scratch: Path, seen: Set[str]) -> Path:
+    """Where ``member`` may be written in ``scratch``, or a refusal naming it."""
     name = member.name
-    clean = posixpath.normpath(name)
     if not member.isfile():
-        raise StaleArtifactError(f"{bundle}: member {name!r} is not a regular file (links, folders and "
-                                 f"devices are refused)")
-    if clean != name or name.startswith("/") or clean.startswith("..") or "\\" in name or not name:
+        raise StaleArtifactError(f"{bundle}: member {name!r} is not a regular file (links, hard links, "
+                                 f"folders and devices are refused)")
+    clean = posixpath.normpath(name) if name else ""
+    if (not name or clean != name or name.startswith("/") or clean.startswith("..") or "\\" in name
+            or "\0" in name or any(part in ("", ".", "..") for part in name.split("/"))):
         raise StaleArtifactError(f"{bundle}: member name {name!r} is not a plain relative path")
-    return member
+    if name in seen:
+        raise StaleArtifactError(f"{bundle}: member {name!r} appears twice")
+    target = (scratch / name).resolve()
+    root = scratch.resolve()
+    if root not in target.parents:
+        raise StaleArtifactError(f"{bundle}: member {name!r} would land outside the folder")
+    return target
 
 
 def _verify_sums(bundle: Path, scratch: Path, members: List[str]) -> List[str]:
-    sums = scratch / SUMS
-    if not sums.is_file():
-        raise StaleArtifactError(f"{bundle}: no {SUMS} inside; not an edgeresnet bundle")
-    listed = dict(_sum_line(bundle, line) for line in sums.read_text().splitlines() if line.strip())
+    listed = read_sums(bundle, scratch / SUMS)
     unlisted = sorted(set(members) - set(listed) - {SUMS})
     if unlisted:
         raise StaleArtifactError(f"{bundle}: {unlisted[0]} is not listed in {SUMS}")
@@ -212,9 +229,30 @@ def _verify_sums(bundle: Path, scratch: Path, members: List[str]) -> List[str]:
     return [n for n in listed if not n.startswith("targets/")]
 
 
-def _sum_line(bundle: Path, line: str) -> Tuple[str, str]:
-    digest, sep, name = line.partition("  ")
-    if not sep or len(digest) != 64:
-        raise StaleArtifactError(f"{bundle}: {SUMS} line {line!r} is not '<sha256>  <name>'")
-    return name, digest
+def read_sums(bundle: Path, sums: Path) -> Dict[str, str]:
+    """SHA256SUMS as ``name → digest``: each line ``<64 hex digits>  <name>``, each name once."""
+    if not sums.is_file():
+        raise StaleArtifactError(f"{bundle}: no {SUMS} inside; not an edgeresnet bundle")
+    try:
+        lines = sums.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise StaleArtifactError(f"{bundle}: {SUMS} is not UTF-8 text") from None
+    listed: Dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        name, digest = parse_sum_line(line)
+        if name is None:
+            raise StaleArtifactError(f"{bundle}: {SUMS} line {number} is not '<sha256>  <name>': {line[:80]!r}")
+        if name in listed:
+            raise StaleArtifactError(f"{bundle}: {SUMS} lists {name!r} twice")
+        listed[name] = digest
+    return listed
 
+
+def parse_sum_line(line: str) -> Tuple[str | None, str]:
+    """``(name, digest)`` of a ``sha256sum`` line, ``(None, "")`` when it is not one."""
+    digest, sep, name = line.partition("  ")
+    if not sep or not name or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        return None, ""
+    return name, digest

@@ -23,7 +23,7 @@ from pipeline.errors import DataError
 from pipeline.imagefolder import ImageSplit, laid_out_split, open_split, scan_split
 from pipeline.preprocess import Preprocessing, load_images
 from pipeline.runners.base import ModelInfo, Runner
-from pipeline.runners.compare import softmax
+from pipeline.runners.compare import require_finite, softmax
 from pipeline.runners.registry import open_model
 from targets.detect import target_profile
 from targets.profile import TargetProfile
@@ -121,7 +121,7 @@ def score(runner: Runner, info: ModelInfo, split: ImageSplit, cfg: Config,
         cache[pre] = pre.normalize(load_images(split.files, pre.prepare, cfg.data.workers, f"load {split.root}"))
     inputs = cache[pre]
     try:
-        logits = np.concatenate([runner.run(inputs[i:i + cfg.evaluate.batch_size])
+        logits = np.concatenate([_run_finite(runner, inputs, i, cfg.evaluate.batch_size, info.path)
                                  for i in range(0, len(inputs), cfg.evaluate.batch_size)])
     finally:
         runner.close()
@@ -129,6 +129,13 @@ def score(runner: Runner, info: ModelInfo, split: ImageSplit, cfg: Config,
     top5 = np.argsort(-logits, axis=1)[:, :5]
     probs = softmax(logits)
     return Scores(info, logits.argmax(1), (top5 == labels[:, None]).any(1), probs.max(1), labels)
+
+
+def _run_finite(runner: Runner, inputs: np.ndarray, start: int, size: int, path: Path) -> np.ndarray:
+    """One batch's logits; NaN or infinite ones are refused (argmax would pick a class)."""
+    logits = runner.run(inputs[start:start + size])
+    require_finite(logits, str(path), start // size, start)
+    return logits
 
 
 def compare(candidate: Scores, reference: Scores, files: tuple) -> Dict[str, Any]:

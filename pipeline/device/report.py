@@ -5,13 +5,23 @@ html}`` (the HTML self-contained, plots inlined), appends it to the SQLite histo
 gates it: INT8 drop vs FP32 against the target's budget, accuracy and p99 latency against
 the baseline (the last accepted report for this target and model) with a noise allowance
 measured from the runs' own spread. A regression exits non-zero with the list.
+
+``--accept`` makes a passing report the baseline; a failing one only with
+``--accept-regression`` as well (else it is recorded, refused as the baseline, and says
+so), and the history keeps who accepted it, when, and with how many regressions. Report
+folders are written whole (staged, then renamed) and never overwritten: ids continue after
+folders a reset history no longer knows.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import json
+import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +31,7 @@ from pipeline.device import history
 from pipeline.artifacts import read_json, write_json, write_text
 from pipeline.config import Config, ReportConfig, config_to_dict
 from pipeline.device.environment import describe_environment
-from pipeline.errors import ConfigError, RegressionError
+from pipeline.errors import ArtifactWriteError, ConfigError, RegressionError, StaleArtifactError
 from targets.detect import target_profile
 from targets.profile import TargetProfile
 
@@ -31,25 +41,72 @@ CPU_DEPLOYED = "onnxruntime-int8-cpu"  # what the cpu target deploys; TensorRT t
 def run(cfg: Config) -> Path:
     out, profile = cfg.run_dir, target_profile(cfg.engine.target, fit=False)
     model = out.name  # rows are keyed by run folder and target in the history
-    conn = history.open_history(Path(cfg.report.history))
-    base = choose_baseline(conn, cfg.report, profile.name, model)
-    rows = collect_rows(out, profile)
-    summary = {"run": cfg.run_name, "target": profile.name, "rows": rows, "deployed": deployed_label(profile),
-               "reference": reference_label(profile),
-               "quantize": _optional(out / "quantize.json"), "camera": latest_camera(out),
-               "environment": describe_environment()}
-    failures, notes = gate(summary, base, profile, cfg.report)
-    summary.update(baseline_id=base["id"] if base else None, failures=failures, notes=notes)
-    run_id = history.append(conn, profile.name, model, config_hash(cfg), summary)
-    if cfg.report.accept:
-        history.accept(conn, run_id)
-    folder = Path(cfg.report.history).parent / str(run_id)
-    write_report(folder, run_id, summary, history.recent(conn, profile.name, model), base)
+    reports = Path(cfg.report.history).parent  # report folders, named by history id, beside the history
+    with contextlib.closing(history.open_history(Path(cfg.report.history))) as conn:
+        base = choose_baseline(conn, cfg.report, profile.name, model)
+        rows = collect_rows(out, profile)
+        summary = {"run": cfg.run_name, "target": profile.name, "rows": rows, "deployed": deployed_label(profile),
+                   "reference": reference_label(profile),
+                   "quantize": _optional(out / "quantize.json"), "camera": latest_camera(out),
+                   "environment": describe_environment()}
+        failures, notes = gate(summary, base, profile, cfg.report)
+        accepted, refusal = decide_acceptance(cfg.report, failures)
+        highest = highest_report_id(reports)  # before the history's last id: a folder is made after its row
+        notes += refusal + unknown_folders_note(reports, highest, history.last_id(conn))
+        summary.update(baseline_id=base["id"] if base else None, baseline=baseline_record(base),
+                       failures=failures, notes=notes)
+        run_id = history.append(conn, profile.name, model, config_hash(cfg), summary,
+                                accepted_with_failures=len(failures) if accepted else None, min_id=highest + 1)
+        summary["accepted"] = acceptance_record(history.get(conn, run_id))
+        folder = reports / str(run_id)
+        write_report(folder, run_id, summary, history.recent(conn, profile.name, model), base)
     print(markdown(summary, run_id, base))
     print(f"report {folder / 'report.html'}")
-    if failures:
-        raise RegressionError(f"report {run_id}: {len(failures)} regression(s): " + "; ".join(failures))
+    if failures and not accepted:
+        raise RegressionError(f"report {run_id}: " + "".join(f"{r}; " for r in refusal)
+                              + f"{len(failures)} regression(s): " + "; ".join(failures))
     return folder / "report.json"
+
+
+def decide_acceptance(cfg: ReportConfig, failures: list[str]) -> tuple[bool, list[str]]:
+    """Whether this report becomes the baseline; a failing one only with accept_regression,
+    else the refusal, said in the report and in the error."""
+    if not cfg.accept:
+        return False, []
+    if not failures or cfg.accept_regression:
+        return True, []
+    return False, ["not accepted as the baseline: it failed its gate, and --accept takes a failing report only "
+                   "with --accept-regression (make ACCEPT_REGRESSION=1)"]
+
+
+def highest_report_id(reports: Path) -> int:
+    """The highest id that names an entry in ``reports`` (0 for none)."""
+    names = [p.name for p in reports.iterdir()] if reports.is_dir() else []
+    return max((int(n) for n in names if n.isascii() and n.isdigit()), default=0)
+
+
+def unknown_folders_note(reports: Path, highest: int, known: int) -> list[str]:
+    """Report folders beyond the history's ids: it was emptied, deleted or replaced. New
+    ids continue after them, so none is overwritten."""
+    if highest <= known:
+        return []
+    return [f"{reports} holds report folders up to {highest} that the history does not know (it was emptied, "
+            f"deleted or replaced): numbering continues after them, and none of them can be a baseline"]
+
+
+def baseline_record(base: dict[str, Any] | None) -> dict[str, Any] | None:
+    if base is None:
+        return None
+    return {"id": base["id"], "accepted": bool(base["accepted"]), "accepted_by": base.get("accepted_by"),
+            "accepted_at": base.get("accepted_at"), "accepted_with_failures": base.get("accepted_with_failures")}
+
+
+def acceptance_record(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Who accepted this report as the baseline, when, with how many regressions; None: not accepted."""
+    if not entry or not entry["accepted"]:
+        return None
+    return {"by": entry.get("accepted_by"), "at": entry.get("accepted_at"),
+            "with_failures": entry.get("accepted_with_failures")}
 
 
 def collect_rows(out: Path, profile: TargetProfile) -> list[dict[str, Any]]:
@@ -149,6 +206,7 @@ def _versus_baseline(row: dict[str, Any], base: dict[str, Any], cfg: ReportConfi
 def markdown(summary: dict[str, Any], run_id: int, base: dict[str, Any] | None) -> str:
     head = (f"## Report {run_id}: {summary['run']} on {summary['target']}"
             + (f" (baseline {base['id']})" if base else " (no baseline)") + "\n\n"
+            + "".join(f"{line}\n" for line in acceptance_lines(summary, base)) + "\n"
             "| model | top-1 | drop vs FP32 | agreement | p50 ms | p90 ms | p99 ms | img/s | speed-up | MB |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
     lines = [f"| {r['label']} | {_pct(r['top1'])} | {_pts(r['drop'])} | {_pct(r['agreement'])} | {_num(r['p50'])} | "
@@ -165,13 +223,61 @@ def markdown(summary: dict[str, Any], run_id: int, base: dict[str, Any] | None) 
     return head + "\n".join(lines) + "\n" + "\n".join(extra + [f"\n_{n}_" for n in summary["notes"]] + verdict) + "\n"
 
 
+def acceptance_lines(summary: dict[str, Any], base: dict[str, Any] | None) -> list[str]:
+    """What this report is compared with, and whether it became the baseline, by whom."""
+    lines = [f"Compared with baseline: {_describe_baseline(base)}." if base else "Compared with the budgets only."]
+    mine = summary.get("accepted")
+    if mine:
+        lines.append(f"Accepted as the baseline by {mine['by']} at {mine['at']}"
+                     + (f", with {mine['with_failures']} regression(s) (--accept-regression)."
+                        if mine["with_failures"] else "."))
+    return lines
+
+
+def _describe_baseline(base: dict[str, Any]) -> str:
+    if not base["accepted"]:
+        return f"report {base['id']}, chosen with --baseline (not accepted)"
+    if base.get("accepted_by") is None:
+        return f"report {base['id']}, accepted (who and when not recorded)"
+    count = base.get("accepted_with_failures")
+    return (f"report {base['id']}, accepted by {base['accepted_by']} at {base['accepted_at']}"
+            + (f", with {count} regression(s)" if count else ""))
+
+
 def write_report(folder: Path, run_id: int, summary: dict[str, Any], past: list[dict[str, Any]],
                  base: dict[str, Any] | None) -> None:
+    """Write the report into a hidden folder beside ``folder`` and rename it into place:
+    a crash leaves no half report, and an existing folder is never overwritten."""
+    _refuse_existing(folder, run_id)
+    staging = folder.with_name(f".{folder.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        staging.mkdir(parents=True)
+        _write_report_files(staging, run_id, summary, past, base)
+        _refuse_existing(folder, run_id)
+        os.rename(staging, folder)
+    except OSError as exc:
+        raise ArtifactWriteError(f"{folder}: writing the report failed ({exc.strerror or exc}); no folder was "
+                                 f"left, its figures are in the history as report {run_id}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after the rename
+
+
+def _refuse_existing(folder: Path, run_id: int) -> None:
+    if os.path.lexists(folder):
+        raise StaleArtifactError(f"{folder}: already exists, and it is not report {run_id} of the history beside "
+                                 f"it; refusing to overwrite it: restore the history that made it, or move "
+                                 f"{folder.parent} aside")
+
+
+def _write_report_files(folder: Path, run_id: int, summary: dict[str, Any], past: list[dict[str, Any]],
+                        base: dict[str, Any] | None) -> None:
     from pipeline.plots import plot_report
 
     images = plot_report(summary, past, folder)
     write_json(folder / "report.json", {"id": run_id, **summary, "history": [
-        {"id": p["id"], "created": p["created"], "commit": p["git_commit"], "accepted": bool(p["accepted"])} for p in past]})
+        {"id": p["id"], "created": p["created"], "commit": p["git_commit"], "accepted": bool(p["accepted"]),
+         "accepted_by": p.get("accepted_by"), "accepted_at": p.get("accepted_at"),
+         "accepted_with_failures": p.get("accepted_with_failures")} for p in past]})
     md = markdown(summary, run_id, base)
     write_text(folder / "report.md", md + "".join(f"\n![{p.stem}]({p.name})\n" for p in images))
     write_text(folder / "report.html", render_html(summary, md, images))
@@ -185,6 +291,7 @@ def render_html(summary: dict[str, Any], md: str, images: list[Path]) -> str:
                                                "p99 ms", "img/s", "speed-up", "MB"))
     notes = "".join(f"<li>{html.escape(line[2:])}</li>" for line in md.splitlines() if line.startswith("- "))
     verdict = "No regression." if not summary["failures"] else "Regressions:"
+    status = "".join(f"<p>{html.escape(line)}</p>" for line in acceptance_lines(summary, summary.get("baseline")))
     figures = "".join(f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
                       f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{p.stem}</figcaption></figure>'
                       for p in images)
@@ -192,7 +299,7 @@ def render_html(summary: dict[str, Any], md: str, images: list[Path]) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(summary['run'])}</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #999;padding:4px 8px;text-align:right}img{max-width:100%}</style></head><body>"
-            f"<h1>{html.escape(summary['run'])} on {html.escape(summary['target'])}</h1>"
+            f"<h1>{html.escape(summary['run'])} on {html.escape(summary['target'])}</h1>{status}"
             f"<table id='results'><tr>{header}</tr>{rows}</table><h2>{verdict}</h2><ul>{notes}</ul>"
             f"{figures}<h2>Environment</h2><pre>{env}</pre></body></html>")
 

@@ -15,7 +15,7 @@ from pipeline.errors import ConfigError
 def run(cfg: Config) -> Path:
     if not cfg.engine.bundle:
         raise ConfigError("unpack: give --bundle FILE (make ... BUNDLE=<path>/bundle-<target>.tar.gz)")
-    names = unpack_bundle(Path(cfg.engine.bundle), cfg.run_dir)
+    names = unpack_bundle(Path(cfg.engine.bundle), cfg.run_dir, cfg.bundle.max_unpacked_mb << 20)
     if names:
         print(f"unpacked {len(names)} files from {cfg.engine.bundle} into {cfg.run_dir}")
     else:

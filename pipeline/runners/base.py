@@ -9,7 +9,6 @@ from typing import Any, Dict, Protocol, Tuple
 
 import numpy as np
 
-from pipeline.errors import StaleArtifactError
 from pipeline.preprocess import Preprocessing
 
 
@@ -37,13 +36,7 @@ class ModelInfo:
     preprocessing: Preprocessing
 
     @classmethod
-    def from_metadata(cls, path: Path, runtime: str, precision: str, meta: Dict[str, Any],
-                      source: Path | None = None) -> "ModelInfo":
-        """From our ONNX ``metadata_props`` (``source``: the ONNX they came from)."""
-        missing = [k for k in ("classes", "preprocessing") if k not in meta]
-        if missing:
-            raise StaleArtifactError(f"{source or path}: ONNX metadata lacks '{missing[0]}' (not "
-                                     f"exported by this pipeline?)")
-        return cls(Path(path), runtime, precision, tuple(meta["classes"]),
-                   tuple(meta.get("class_names", meta["classes"])),
+    def from_metadata(cls, path: Path, runtime: str, precision: str, meta: Dict[str, Any]) -> "ModelInfo":
+        """From our ONNX ``metadata_props`` as :func:`pipeline.onnx_meta.read_metadata` gives them."""
+        return cls(Path(path), runtime, precision, tuple(meta["classes"]), tuple(meta["class_names"]),
                    Preprocessing.from_dict(meta["preprocessing"]))

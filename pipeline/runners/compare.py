@@ -2,16 +2,24 @@
 classifiers: the largest logit difference and the top-1 agreement, both recorded.
 
 Closeness is judged per value as ``|a - b| <= atol + rtol * |a|`` (numpy's ``isclose``):
-a purely absolute bound fails a healthy export of a model whose logits are large."""
+a purely absolute bound fails a healthy export of a model whose logits are large.
+
+A NaN or infinite logit is an error, not a difference: NaN compares false with everything,
+so the maxima below would read it as no difference at all and pass a broken model."""
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline.errors import StaleArtifactError
 from pipeline.runners.base import Runner
+
+
+class NonFiniteLogitsError(StaleArtifactError):
+    """A model that returned NaN or infinite logits: its outputs cannot be compared or scored."""
 
 
 @dataclass(frozen=True)
@@ -33,13 +41,20 @@ class Parity:
 
 def compare_runners(reference: Runner, candidate: Runner,
                     batches: Iterable[tuple[np.ndarray, np.ndarray]],
-                    atol: float = 1e-3, rtol: float = 1e-3) -> Parity:
-    """Run both on every (inputs, labels) batch and summarise the differences."""
+                    atol: float = 1e-3, rtol: float = 1e-3,
+                    names: Sequence[str] | None = None) -> Parity:
+    """Run both on every (inputs, labels) batch and summarise the differences.
+
+    ``names`` (reference, candidate) say which model an error is about; by default the
+    runners' names. A NaN or infinite logit raises :class:`NonFiniteLogitsError`."""
+    ref_name, cand_name = names or (f"reference {reference.name}", f"candidate {candidate.name}")
     worst = {"abs": 0.0, "rel": 0.0, "ratio": 0.0}
     err_sum, values, agree, hits_a, hits_b, count = 0.0, 0, 0, 0, 0, 0
-    for inputs, labels in batches:
+    for index, (inputs, labels) in enumerate(batches):
         a = reference.run(inputs).astype(np.float64)
+        require_finite(a, ref_name, index, count)
         b = candidate.run(inputs).astype(np.float64)
+        require_finite(b, cand_name, index, count)
         _update_worst(worst, a, np.abs(a - b), atol, rtol)
         err_sum, values = err_sum + float(np.abs(a - b).sum()), values + a.size
         top_a, top_b = a.argmax(1), b.argmax(1)
@@ -49,6 +64,16 @@ def compare_runners(reference: Runner, candidate: Runner,
     n = max(1, count)
     return Parity(count, worst["abs"], err_sum / max(1, values), worst["rel"], worst["ratio"],
                   agree / n, hits_a / n, hits_b / n)
+
+
+def require_finite(logits: np.ndarray, name: str, batch: int, first: int) -> None:
+    """Refuse NaN or infinite ``logits`` of batch number ``batch`` (inputs ``first``...)."""
+    if np.isfinite(logits).all():
+        return
+    kinds = [k for k, present in (("NaN", np.isnan(logits).any()), ("infinite", np.isinf(logits).any()))
+             if present]
+    raise NonFiniteLogitsError(f"{name}: {' and '.join(kinds)} logits on batch {batch} (inputs "
+                               f"{first}..{first + len(logits) - 1})")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -141,7 +141,7 @@ def open_engine(path: Path, trt: Any, cuda: Any) -> Tuple[TensorRTRunner, ModelI
     record = read_json(sidecar_path(path))
     onnx_path = engine_onnx(path, record)
     check_engine(path, machine_identity(trt, cuda, detect_platform()), onnx_path)
-    info = ModelInfo.from_metadata(path, "tensorrt", record["precision"], read_metadata(onnx_path), onnx_path)
+    info = ModelInfo.from_metadata(path, "tensorrt", record["precision"], read_metadata(onnx_path))
     return TensorRTRunner(path, trt, cuda, record["precision"]), info
 
 

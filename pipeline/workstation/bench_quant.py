@@ -36,8 +36,8 @@ def run(cfg: Config) -> Path:
 
 
 def _row(label: str, path: Path, samples: dict[str, np.ndarray], out: Path) -> dict[str, Any]:
-    stats = summarize(samples[label], 1)
-    base = summarize(samples["fp32"], 1)
+    stats = summarize(samples[label], 1, label)
+    base = summarize(samples["fp32"], 1, "fp32")
     evaluation = out / "eval" / f"onnxruntime-{label}.json"
     acc = read_json(evaluation) if evaluation.is_file() else {}
     versus = acc.get("versus_reference", {})

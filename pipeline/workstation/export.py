@@ -25,6 +25,7 @@ from pipeline.errors import ExportError
 from pipeline.onnx_meta import set_metadata
 from pipeline.preprocess import load_images
 from pipeline.runners import Parity, compare_runners
+from pipeline.runners.compare import NonFiniteLogitsError
 from pipeline.runners.onnxruntime_runner import OnnxRuntimeRunner
 from pipeline.workstation.torch_runner import TorchRunner
 
@@ -41,7 +42,8 @@ def run(cfg: Config) -> Path:
     inputs, labels = parity_inputs(open_dataset(cfg.data).split("val"), ckpt, cfg)
     with atomic_path(onnx_path) as tmp:
         export_onnx(model, ckpt, tmp, cfg.export.opset, ckpt_sha256=sha256_file(ckpt_path))
-        parity = check_parity(model, tmp, inputs, labels, cfg.export, name=onnx_path)
+        parity = check_parity(model, tmp, inputs, labels, cfg.export, name=onnx_path,
+                              reference=f"{ckpt_path} (PyTorch)")
         record = provenance("export", {"checkpoint": ckpt_path})
         record.update(onnx_sha256=sha256_file(tmp), opset=cfg.export.opset,
                       input={"name": INPUT_NAME, "shape": ["batch", 3, ckpt.preprocessing.input_size,
@@ -99,12 +101,18 @@ def parity_inputs(split: ImageSplit, ckpt: Checkpoint, cfg: Config) -> tuple[np.
 
 
 def check_parity(model: nn.Module, onnx_path: Path, inputs: np.ndarray, labels: np.ndarray,
-                 cfg: ExportConfig, name: Path | None = None) -> Parity:
-    """ONNX Runtime vs PyTorch; above the tolerance the export is refused."""
-    runner = OnnxRuntimeRunner(onnx_path)
-    parity = compare_runners(TorchRunner(model), runner, _batches(inputs, labels, 64), cfg.atol, cfg.rtol)
-    runner.close()
+                 cfg: ExportConfig, name: Path | None = None, reference: str = "PyTorch") -> Parity:
+    """ONNX Runtime vs PyTorch; above the tolerance, or on a NaN or infinite logit from
+    either, the export is refused (``name``: the ONNX's final path, ``reference``: the model's)."""
     where = name or onnx_path
+    runner = OnnxRuntimeRunner(onnx_path)
+    try:
+        parity = compare_runners(TorchRunner(model), runner, _batches(inputs, labels, 64), cfg.atol, cfg.rtol,
+                                 names=(reference, f"{where} (ONNX Runtime)"))
+    except NonFiniteLogitsError as exc:
+        raise ExportError(f"{exc} of the parity images; {where} not written") from None
+    finally:
+        runner.close()
     if parity.tolerance_ratio > 1:
         raise ExportError(f"{where}: ONNX Runtime differs from PyTorch by up to "
                           f"{parity.max_abs_error:.3g} (relative {parity.max_rel_error:.3g}), beyond "

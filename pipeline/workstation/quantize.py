@@ -34,7 +34,9 @@ def run(cfg: Config) -> Path:
     out = cfg.run_dir
     fp32_path, manifest_path = out / "model.fp32.onnx", out / "calibration" / "manifest.json"
     manifest = load_manifest(manifest_path)
-    pre = Preprocessing.from_dict(read_metadata(fp32_path)["preprocessing"])
+    meta = read_metadata(fp32_path)
+    require_same_model(fp32_path, meta, out / "model.pt", manifest, manifest_path)
+    pre = Preprocessing.from_dict(meta["preprocessing"])
     fp32 = onnx.load(str(fp32_path))
     require_input_shape(fp32, pre, fp32_path)
     inputs = calibration_inputs(manifest, pre, cfg.data.workers)
@@ -81,6 +83,36 @@ def _run_peer(cfg: Config, fp32_path: Path, manifest_path: Path, set_sha256: str
     write_json(cfg.run_dir / "quantize.ort.json", record)
     print(f"quantized with ONNX Runtime quantize_static in {seconds:.0f} s: {out}")
     return out
+
+
+def require_same_model(fp32_path: Path, meta: dict[str, Any], ckpt_path: Path,
+                       manifest: CalibrationManifest, manifest_path: Path) -> None:
+    """The ONNX must be this run's: exported from its ``model.pt`` (when there is one; the
+    metadata records the checkpoint's sha256) and of the calibration manifest's classes."""
+    classes = tuple(meta.get("classes", ()))
+    if classes != manifest.classes:
+        raise StaleArtifactError(f"{fp32_path}: {_class_mismatch(classes, manifest.classes, manifest_path)}; "
+                                 f"the ONNX is another model's or the manifest another dataset's: run "
+                                 f"export or calibrate again")
+    if not ckpt_path.is_file():
+        return  # an ONNX-only run (e.g. from a bundle): nothing to tie it to
+    recorded, actual = meta.get("checkpoint_sha256"), sha256_file(ckpt_path)
+    if recorded != actual:
+        was = f"sha256 {recorded[:12]}" if recorded else "no recorded checkpoint sha256"
+        raise StaleArtifactError(f"{fp32_path}: exported from another checkpoint ({was}) than "
+                                 f"{ckpt_path} (sha256 {actual[:12]}); run export again")
+
+
+def _class_mismatch(classes: tuple[str, ...], expected: tuple[str, ...], manifest_path: Path) -> str:
+    """``3 classes (a, b, c) but M has 10 (0, 1, 2, ...)``, or the first class that differs."""
+    if len(classes) == len(expected):
+        i = next(i for i, (a, b) in enumerate(zip(classes, expected)) if a != b)
+        return f"class {i} is '{classes[i]}' but {manifest_path} has '{expected[i]}'"
+    return f"{len(classes)} classes ({_preview(classes)}) but {manifest_path} has {len(expected)} ({_preview(expected)})"
+
+
+def _preview(names: tuple[str, ...], show: int = 3) -> str:
+    return ", ".join(names[:show]) + (", ..." if len(names) > show else "")
 
 
 def require_input_shape(model: onnx.ModelProto, pre: Preprocessing, path: Path) -> None:

@@ -4,10 +4,13 @@ Writes, under the run folder: ``last.pt`` every epoch (for ``--resume``), ``best
 every improvement of val top-1, and at the end ``model.pt`` (the best weights, with the
 fp32 val accuracy) plus ``train.json``/``train.png`` (the curves). ``model.pt`` appears
 only when training finished, so Make never takes an interrupted run for a finished one.
+A NaN or infinite loss, or val logit, stops training at once with
+:class:`TrainingDivergedError` (no ``model.pt``; ``last.pt`` keeps the last good epoch).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import warnings
 import time
@@ -23,6 +26,7 @@ from pipeline.artifacts import write_json, write_text
 from pipeline.workstation.augment import augment_batch, normalize_batch, size_for_epoch
 from pipeline.workstation.checkpoint import Checkpoint, expect_model, load_checkpoint, save_checkpoint
 from pipeline.config import Config, TrainConfig, config_to_dict, dump_toml
+from pipeline.errors import PipelineError
 from pipeline.workstation.data import ImageDataset, open_dataset
 from pipeline.workstation.data.memory import load_split
 from pipeline.workstation.distributed import DistContext, all_sum, barrier, init_distributed, params_in_sync, shutdown
@@ -31,6 +35,10 @@ from pipeline.workstation.models.weights import load_weights
 from pipeline.plots import plot_training
 from pipeline.preprocess import Preprocessing
 from pipeline.progress import progress
+
+
+class TrainingDivergedError(PipelineError):
+    """A NaN or infinite loss or val logit: the weights are lost, training stops."""
 
 
 @dataclass
@@ -175,7 +183,7 @@ def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def _run_epoch(t: Trainer, train: Tensors, val: Tensors, epoch: int) -> dict[str, Any]:
     size = size_for_epoch(t.cfg.sizes, epoch, t.cfg.epochs, t.pre.input_size)
     stats = train_one_epoch(t, train, epoch, size)
-    val_top1 = evaluate_top1(t, val)
+    val_top1 = evaluate_top1(t, val, where=f"training diverged at epoch {epoch + 1}")
     record = {"epoch": epoch + 1, "size": size, **stats, "val_top1": val_top1,
               "lr": t.optimizer.param_groups[0]["lr"]}
     if t.ctx.is_main:
@@ -195,6 +203,7 @@ def train_one_epoch(t: Trainer, data: Tensors, epoch: int, size: int) -> dict[st
     for step in bar:
         index = mine[step * t.per_rank_batch:(step + 1) * t.per_rank_batch]
         loss, hits = _train_step(t, data.images[index], data.labels[index], size)
+        _require_finite_loss(t, loss, epoch, step)
         loss_sum, correct, seen = loss_sum + loss * len(index), correct + hits, seen + len(index)
         rate = seen * t.ctx.world_size / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}", img_s=f"{rate:.0f}")
@@ -218,24 +227,59 @@ def _train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor, size: in
     return loss.item(), int((logits.argmax(1) == y).sum())
 
 
+def _require_finite_loss(t: Trainer, loss: float, epoch: int, step: int) -> None:
+    """Stop at the first NaN or infinite loss (its value is fetched every step anyway).
+
+    Under DDP all ranks learn of it at the same step (one scalar all-reduce): a rank that
+    stopped alone would leave the others waiting at the next collective."""
+    bad = not math.isfinite(loss)
+    if t.ctx.active:
+        bad = all_sum(t.ctx, [float(bad)])[0] > 0
+    if bad:
+        what = f"loss is {loss}" if not math.isfinite(loss) else "another rank's loss is NaN or infinite"
+        raise TrainingDivergedError(f"training diverged at epoch {epoch + 1}, step {step + 1}/{t.steps}: "
+                                    f"{what}; {_advice(t)}")
+
+
+def _advice(t: Trainer) -> str:
+    return (f"lower the learning rate (train.lr={t.cfg.lr:g}) or check the data and starting "
+            f"weights; model.pt not written")
+
+
 def _to_input(t: Trainer, images: torch.Tensor) -> torch.Tensor:
     x = normalize_batch(images.to(t.ctx.device), t.pre)  # (N, 3, S, S) float32
     return x.contiguous(memory_format=torch.channels_last) if t.cfg.channels_last else x
 
 
 @torch.no_grad()
-def evaluate_top1(t: Trainer, data: Tensors, amp: bool = True) -> float:
-    """Val top-1; each rank scores its shard and the counts are summed."""
+def evaluate_top1(t: Trainer, data: Tensors, amp: bool = True, where: str = "val evaluation") -> float:
+    """Val top-1; each rank scores its shard and the counts are summed. NaN or infinite
+    logits raise :class:`TrainingDivergedError` on every rank, its message led by ``where``."""
     net = t.net.eval()
     index = torch.arange(t.ctx.rank, len(data.labels), t.ctx.world_size)
-    correct = 0
-    for chunk in index.split(max(1, t.per_rank_batch * 2)):
+    chunks = index.split(max(1, t.per_rank_batch * 2))
+    correct, flags = 0, []
+    for chunk in chunks:
         with torch.autocast(t.ctx.device.type, dtype=t.amp_dtype or torch.float32,
                             enabled=amp and t.amp_dtype is not None):
             logits = net(_to_input(t, data.images[chunk]))
+        flags.append(torch.stack([logits.isnan().any(), logits.isinf().any()]))
         correct += int((logits.argmax(1).cpu() == data.labels[chunk]).sum())
-    correct, total = all_sum(t.ctx, [correct, len(index)])
+    flags = torch.stack(flags).cpu() if flags else torch.zeros(0, 2, dtype=torch.bool)  # (chunks, 2)
+    correct, total, failed = all_sum(t.ctx, [correct, len(index), int(flags.any(1).sum())])
+    if failed:
+        raise TrainingDivergedError(_non_finite_logits(t, where, flags, chunks))
     return correct / max(1, total)
+
+
+def _non_finite_logits(t: Trainer, where: str, flags: torch.Tensor, chunks: tuple[torch.Tensor, ...]) -> str:
+    bad = flags.any(1).nonzero().flatten()
+    if not len(bad):
+        return f"{where}: NaN or infinite logits on another rank's val images; {_advice(t)}"
+    i = int(bad[0])
+    kinds = " and ".join(k for k, present in zip(("NaN", "infinite"), flags[i].tolist()) if present)
+    return (f"{where}: {kinds} logits on val batch {i} (images {int(chunks[i][0])}.."
+            f"{int(chunks[i][-1])}); {_advice(t)}")
 
 
 def _template(cfg: Config, dataset: ImageDataset, pre: Preprocessing) -> Checkpoint:
@@ -291,7 +335,7 @@ def _finish(t: Trainer, template: Checkpoint, history: list[dict[str, Any]], val
     """The best weights, scored in fp32 exactly as deployed, become ``model.pt``."""
     best = load_checkpoint(out / "best.pt")
     t.net.load_state_dict(best.state_dict)
-    fp32_top1 = evaluate_top1(_alone(t), val, amp=False)
+    fp32_top1 = evaluate_top1(_alone(t), val, amp=False, where=f"{best.path}, evaluated in fp32")
     metrics = {"val_top1": fp32_top1, "best_epoch": best.epoch,
                "best_val_top1_autocast": best.metrics["best_val_top1"],
                "precision": str(t.amp_dtype or torch.float32).replace("torch.", ""),
