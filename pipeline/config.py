@@ -92,7 +92,9 @@ class PreprocessConfig:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
-        _require(self.input_size >= 8, "preprocess.input_size", "an integer >= 8", self.input_size)
+        _require(8 <= self.input_size <= 4096, "preprocess.input_size", "an integer in 8..4096", self.input_size)
+        _require(0 <= self.resize <= 8192, "preprocess.resize", "0 (input_size / 0.875) or a size up to 8192",
+                 self.resize)
         _require(len(self.mean) == 3 and len(self.std) == 3, "preprocess.mean/std",
                  "three values each", (self.mean, self.std))
         _require(all(s > 0 for s in self.std), "preprocess.std", "positive values", self.std)

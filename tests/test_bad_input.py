@@ -112,6 +112,8 @@ CASES = [
      "binary.toml: not valid TOML"),
     ("model-suffix", lambda w: ["evaluate", "--model", str(w["base"] / "bad.toml"), "--data", str(w["small"])], 2,
      "unknown model type '.toml'"),
+    ("huge-input-size", lambda w: ["train", *common(w), "--set", "preprocess.input_size=1000000"], 2,
+     "preprocess.input_size: expected an integer in 8..4096, got 1000000"),
     ("bundle-into-a-workstation-run", lambda w: ["unpack", *common(w), "--bundle", str(w["base"] / "bad-sums.tar.gz")],
      2, "already holds another run"),
 ]

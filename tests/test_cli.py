@@ -161,3 +161,21 @@ def test_an_unexpected_exception_is_one_line_naming_a_log_with_the_traceback(tmp
     log = Path(lines[0].split("traceback in ")[1].split(";")[0])
     assert log.parent == tmp_path / "build" / "logs"
     assert "Traceback" in log.read_text() and "return 1 / 0" in log.read_text()
+
+
+@pytest.mark.parametrize("content, fragment", [("[train\nepochs = 3\n", "not valid TOML"),
+                                               ("[model]\nname = resnet20\n", "not valid TOML")])
+def test_make_with_a_bad_recipe_is_one_error_line_and_builds_nothing(tmp_path: Path, content: str,
+                                                                     fragment: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(content)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    result = subprocess.run(["make", "demo", f"CONFIG={bad}", f"BUILD={tmp_path / 'build'}"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"error: {bad}: {fragment}")
+    assert not any((tmp_path / "build").rglob("*.pt"))
+    missing = subprocess.run(["make", "demo", f"CONFIG={tmp_path / 'none.toml'}"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and f"CONFIG={tmp_path / 'none.toml'}: no such file" in missing.stderr
