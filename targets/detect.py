@@ -75,12 +75,12 @@ def match_profile(platform: Platform, profiles: dict[str, TargetProfile]) -> tup
     return cpu, "no NVIDIA GPU found (no /proc/driver/nvidia/gpus): ONNX Runtime on the CPU"
 
 
-def target_profile(name: str, fit: bool = True, root: Path | None = None) -> TargetProfile:
+def target_profile(name: str, fit: bool = True, platform: Platform | None = None) -> TargetProfile:
     """The one place a TARGET becomes a profile: every stage and Make target goes through
     here, so ``jetson`` (the Jetson this is) names the same profile, and the same
     ``engines/<profile>/`` folder, everywhere. ``fit`` False only resolves the alias (a
     report can be written off the device); True also checks the profile fits this machine."""
-    return resolve_target(name, load_profiles(), detect_platform(root), fit)
+    return resolve_target(name, load_profiles(), platform or detect_platform(), fit)
 
 
 def resolve_target(name: str, profiles: dict[str, TargetProfile], platform: Platform,

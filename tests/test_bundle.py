@@ -93,39 +93,22 @@ def _damage(info, data):
     return [(info, data)]
 
 
-def _climbing_name(info, data):
-    if info.name == "labels.txt":
-        evil = tarfile.TarInfo("evalset/../../../escaped.txt")
-        return [(info, data), (evil, b"owned")]
-    return [(info, data)]
+def _extra(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, linkname: str = ""):
+    """A change that adds one crafted member right after labels.txt."""
+    def change(info, payload):
+        if info.name != "labels.txt":
+            return [(info, payload)]
+        extra = tarfile.TarInfo(name)
+        extra.type, extra.linkname = kind, linkname
+        return [(info, payload), (extra, data)]
+    return change
 
 
-def _symlink(info, data):
-    if info.name == "labels.txt":
-        link = tarfile.TarInfo("evalset/link")
-        link.type, link.linkname = tarfile.SYMTYPE, "../../../../tmp"
-        return [(info, data), (link, b"")]
-    return [(info, data)]
-
-
-def _absolute(info, data):
-    if info.name == "labels.txt":
-        return [(info, data), (tarfile.TarInfo("/tmp/edgeresnet-absolute.txt"), b"owned")]
-    return [(info, data)]
-
-
-def _unlisted(info, data):
-    if info.name == "labels.txt":
-        return [(info, data), (tarfile.TarInfo("extra.py"), b"print('not listed')")]
-    return [(info, data)]
-
-
-def _hardlink(info, data):
-    if info.name == "labels.txt":
-        link = tarfile.TarInfo("evalset/hard")
-        link.type, link.linkname = tarfile.LNKTYPE, "../../../../etc/passwd"
-        return [(info, data), (link, b"")]
-    return [(info, data)]
+_climbing_name = _extra("evalset/../../../escaped.txt", b"owned")
+_symlink = _extra("evalset/link", kind=tarfile.SYMTYPE, linkname="../../../../tmp")
+_absolute = _extra("/tmp/edgeresnet-absolute.txt", b"owned")
+_unlisted = _extra("extra.py", b"print('not listed')")
+_hardlink = _extra("evalset/hard", kind=tarfile.LNKTYPE, linkname="../../../../etc/passwd")
 
 
 def _twice(info, data):
@@ -155,11 +138,11 @@ def _record_not_an_object(info, data):
 
 
 def _device_node(info, data):
-    if info.name == "labels.txt":
-        node = tarfile.TarInfo("evalset/null")
-        node.type, node.devmajor, node.devminor = tarfile.CHRTYPE, 1, 3
-        return [(info, data), (node, b"")]
-    return [(info, data)]
+    change = _extra("evalset/null", kind=tarfile.CHRTYPE)
+    rows = change(info, data)
+    if len(rows) == 2:
+        rows[1][0].devmajor, rows[1][0].devminor = 1, 3
+    return rows
 
 
 @pytest.mark.parametrize("change, fragment", [

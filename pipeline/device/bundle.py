@@ -60,8 +60,8 @@ def make_bundle(run_dir: Path, out: Path, target: str, val: ImageSplit, cfg: Bun
                 seed: int = 0) -> Path:
     """Archive the run's deployable files, profiles, labels, evaluation set, clip, sums."""
     files = _run_files(run_dir, target)
-    names = read_metadata(files["model.fp32.onnx"])["class_names"]
-    classes = read_metadata(files["model.fp32.onnx"])["classes"]
+    meta = read_metadata(files["model.fp32.onnx"])
+    names, classes = meta["class_names"], meta["classes"]
     if list(val.classes) != list(classes):
         raise DataError(f"{val.root}: classes differ from the model's ({len(val.classes)} vs {len(classes)})")
     files.update({f"targets/{p.name}": p for p in sorted(PROFILE_DIR.glob("*.toml"))})

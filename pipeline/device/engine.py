@@ -25,8 +25,8 @@ from targets.profile import TargetProfile
 def run(cfg: Config) -> Path:
     """Build the target's engines (or say which ONNX the cpu target deploys)."""
     out = cfg.run_dir
-    platform = detect_platform()
-    profile = target_profile(cfg.engine.target)
+    platform = detect_platform()  # once: on a desktop it asks nvidia-smi
+    profile = target_profile(cfg.engine.target, platform=platform)
     if profile.runtime == "onnxruntime":
         model = out / "model.int8.cpu.onnx"
         print(f"target {profile.name} runs ONNX Runtime: it deploys {model}; no engine to build")

@@ -135,18 +135,19 @@ def check_engine(engine: Path, identity: Dict[str, Any], onnx_path: Optional[Pat
     return record
 
 
-def open_engine(path: Path, trt: Any, cuda: Any) -> Tuple[TensorRTRunner, ModelInfo]:
+def open_engine(path: Path, trt: Any, cuda: Any, platform: Optional[Platform] = None) -> Tuple[TensorRTRunner, ModelInfo]:
     """Check the engine belongs to this machine and its ONNX, then open it with its
     description (classes, preprocessing) taken from the ONNX it was built from."""
     record = read_json(sidecar_path(path))
     onnx_path = engine_onnx(path, record)
-    check_engine(path, machine_identity(trt, cuda, detect_platform()), onnx_path)
+    check_engine(path, machine_identity(trt, cuda, platform or detect_platform()), onnx_path)
     info = ModelInfo.from_metadata(path, "tensorrt", record["precision"], read_metadata(onnx_path))
     return TensorRTRunner(path, trt, cuda, record["precision"]), info
 
 
 def open_engine_file(path: Path, threads: int = 0) -> Tuple[TensorRTRunner, ModelInfo]:
     """The registry's opener for ``.engine`` files: this machine's TensorRT and pycuda."""
-    trt = import_tensorrt(detect_platform())
+    platform = detect_platform()
+    trt = import_tensorrt(platform)
     cuda = import_pycuda("for TensorRT's device buffers")
-    return open_engine(path, trt, cuda)
+    return open_engine(path, trt, cuda, platform)
