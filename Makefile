@@ -58,13 +58,13 @@ ENGINE_READY := $(if $(ON_JETSON),$(DEVICE_VENV)/.installed,$(READY))
 DEVICE_RUN := $(or $(BUNDLE),$(wildcard $(B)/bundle.json))
 # TARGET as every stage resolves it (jetson -> this Jetson's profile), asked once.
 ifneq ($(TARGET),cpu)
-ifneq ($(filter engine evaluate camera bench report,$(MAKECMDGOALS)),)
+ifneq ($(filter engine evaluate camera bench crosscheck report,$(MAKECMDGOALS)),)
 PROFILE := $(shell EDGERESNET_SYSROOT=$(EDGERESNET_SYSROOT) $(ENGINE_PY) -m pipeline resolve-target --target $(TARGET) 2>/dev/null || echo $(TARGET))
 endif
 endif
 
 FORCE:
-.PHONY: FORCE experiment-degradation demo train export calibrate quantize evaluate bench-quant engine bundle \
+.PHONY: FORCE experiment-degradation demo train export calibrate quantize evaluate bench-quant engine bundle crosscheck \
         camera clip bench-camera bench report targets setup setup-device device-pycuda device-sim test clean help
 .DELETE_ON_ERROR:
 
@@ -79,8 +79,9 @@ setup: $(READY)
 
 # NVIDIA's TensorRT binding wheels are kept (not installed: they need libnvinfer), and
 # pycuda's source, so the tests can hold our TensorRT code and the emulator to the real
-# APIs' names.
-TRT_BINDINGS := tensorrt-cu12-bindings==10.3.0 tensorrt-cu13-bindings==11.4.0.106
+# APIs' names. No 8.5 wheel exists (JetPack 5's version): 8.6.1, the nearest, stands in,
+# with the names 8.6 added listed in tests/test_tensorrt_api.py.
+TRT_BINDINGS := tensorrt-bindings==8.6.1 tensorrt-cu12-bindings==10.3.0 tensorrt-cu13-bindings==11.4.0.106
 PYCUDA := pycuda==2025.1.2
 
 $(READY): requirements.txt
@@ -158,7 +159,7 @@ HEADLESS ?=
 CLIP ?= $(B)/clip.avi
 
 camera: $(DEPLOYED) | $(ENGINE_READY)
-	$(ENGINE_PY) -m pipeline camera $(ARGS) --source $(SOURCE) --target $(TARGET) $(if $(HEADLESS),--headless)
+	$(ENGINE_PY) -m pipeline camera $(ARGS) --source '$(SOURCE)' --target $(TARGET) $(if $(HEADLESS),--headless)
 
 clip: $(B)/model.int8.onnx
 	$(PY) -m pipeline make-clip $(ARGS) --out $(CLIP) $(if $(DATA),--data $(DATA),--data build/datasets/$(DATASET))
@@ -169,6 +170,10 @@ bench-camera: $(B)/model.int8.onnx
 # --- regression reports: history in build/reports/history.sqlite -------------------------
 bench: $(EVALUATED) | $(ENGINE_READY)
 	$(ENGINE_PY) -m pipeline bench $(ARGS) --target $(TARGET)
+
+# NVIDIA's Polygraphy runs our engine, its own build of the ONNX and ONNX Runtime side by side
+crosscheck: $(DEPLOYED) | $(ENGINE_READY)
+	$(ENGINE_PY) -m pipeline crosscheck $(ARGS) --target $(TARGET)
 
 report: $(EVALUATED) | $(ENGINE_READY)
 	$(ENGINE_PY) -m pipeline report $(ARGS) --target $(TARGET) $(if $(ACCEPT),--accept) \

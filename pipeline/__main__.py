@@ -91,6 +91,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "Time torch, ONNX Runtime and (on a GPU target) TensorRT models with one harness: fixed "
           "batch, warm-up, interleaved timed runs; writes bench/<runtime>-<precision>.json.",
           (TARGET_FLAG,)),
+    Stage("crosscheck", "pipeline.device.crosscheck", "Polygraphy cross-check: our engine vs ONNX Runtime",
+          "Run the target's engine with NVIDIA's Polygraphy, beside an engine Polygraphy builds from the "
+          "same ONNX and ONNX Runtime on the Q/DQ model, over the run's labelled images; writes "
+          "crosscheck/<target>.json, exits 1 below the target's min_agreement. Needs TensorRT, "
+          "polygraphy and onnxruntime.",
+          (TARGET_FLAG,)),
     Stage("report", "pipeline.device.report", "regression report with history; non-zero exit on regression",
           "Gather eval, bench, quantize and camera JSON into reports/<id>/report.{json,md,html}, "
           "append to the SQLite history, compare with the baseline and the target's budgets.",

@@ -32,6 +32,7 @@ class TargetProfile:
     dla_core: int = -1             # -1: GPU only
     gpu_fallback: bool = True
     calibrator: str = ""           # "": explicit Q/DQ; entropy/minmax: implicit (TensorRT 10)
+    unquantized_fp16: bool = False  # let layers Q/DQ leaves in float run in FP16 (weak typing: 8.5/10)
     workspace_mb: int = 1024
     min_batch: int = 1
     opt_batch: int = 1
@@ -58,8 +59,12 @@ class TargetProfile:
                               f"{MIN_CAPABILITY[self.precision]}, this GPU has {self.compute_capability}")
         if self.kind == "jetson" and not self.device_model:
             raise ConfigError("device_model: a Jetson profile must name its device-tree model")
-        if self.runtime == "onnxruntime" and (self.has_dla or self.calibrator):
-            raise ConfigError("runtime: onnxruntime profiles take no DLA or TensorRT calibrator")
+        if self.runtime == "onnxruntime" and (self.has_dla or self.calibrator or self.unquantized_fp16):
+            raise ConfigError("runtime: onnxruntime profiles take no DLA, TensorRT calibrator or unquantized_fp16")
+        if self.dla_core >= 0 and not self.min_batch == self.opt_batch == self.max_batch:
+            # TensorRT's DLA runs static shapes only: a dynamic batch sends every layer to the GPU
+            raise ConfigError(f"dla_core: the DLA runs static shapes only; set min_batch = opt_batch = "
+                              f"max_batch (got {self.min_batch}/{self.opt_batch}/{self.max_batch})")
 
     def _check_shapes(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:

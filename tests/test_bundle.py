@@ -240,3 +240,43 @@ def test_a_decompression_bomb_is_refused_at_its_header(tmp_path) -> None:
                              "--set", f'run.root="{tmp_path}"', "--set", "bundle.max_unpacked_mb=8",
                              "--bundle", str(bomb)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "unpacks to more than 8 MiB" in result.stderr
+
+
+def test_a_calibrator_profile_calibrates_on_the_device_from_the_bundled_tensors(quantized_run, tmp_path,
+                                                                               trt_emulator) -> None:
+    """The device's manifest names workstation paths; the bundle carries the preprocessed set,
+    and the implicit calibrator (TensorRT EMULATOR: ONNX Runtime measures the ranges) runs from
+    it. Crafted tensors (a pickled array, other bytes) are refused, nothing executed."""
+    import numpy as np
+
+    from calibration import tensors
+    from pipeline.artifacts import read_json, sha256_file, sidecar_path
+    from pipeline.device import engine
+    from pipeline.errors import DataError
+    from pipeline.preprocess import Preprocessing
+    from pipeline.onnx_meta import read_metadata
+    from targets.profile import get_profile
+
+    val = laid_out_split(quantized_run.data, "val")
+    archive = bundle_stage.make_bundle(quantized_run.run_dir, tmp_path / "b.tar.gz", "jetson-orin-nx", val, SMALL,
+                                       calibration=True)
+    device = tmp_path / "device" / "run"
+    assert {tensors.TENSORS, tensors.RECORD} <= set(bundle_stage.unpack_bundle(archive, device))
+    manifest = read_json(device / tensors.MANIFEST)
+    profile = dataclasses.replace(get_profile("jetson-orin-nx"), calibrator="minmax")
+    path = engine.build_one(trt_emulator.trt, device, profile, "int8", {"gpu": "Orin"})
+    record = read_json(sidecar_path(path))["calibration"]
+    assert record["calibration_sha256"] == manifest["set_sha256"] and record["algorithm"] == "minmax"
+    assert record["onnx_sha256"] == sha256_file(device / "model.fp32.onnx")
+    pre = Preprocessing.from_dict(read_metadata(device / "model.fp32.onnx")["preprocessing"])
+    images, _ = tensors.load_tensors(device, pre)
+    assert images.dtype == np.float32 and len(images) == manifest["count"]
+    crafted = device / tensors.TENSORS
+    np.save(crafted, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    (device / tensors.RECORD).write_text(json.dumps({**read_json(device / tensors.RECORD),
+                                                     "sha256": sha256_file(crafted)}))
+    with pytest.raises(DataError, match="tensors.npy: not a plain NumPy array file"):
+        tensors.load_tensors(device, pre)
+    np.save(crafted, np.zeros((2, 3, 8, 8), np.uint8))
+    with pytest.raises(StaleArtifactError, match="not the calibration set"):
+        tensors.load_tensors(device, pre)

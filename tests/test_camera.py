@@ -15,7 +15,8 @@ from pipeline.device import evaluate
 from pipeline.device.camera import loop
 from pipeline.device.camera.capture import END, Capture
 from pipeline.device.camera.clip import make_clip
-from pipeline.device.camera.sources import FrameSource, open_source
+from pipeline.device.camera.sources import (CsiRequest, FrameSource, accepts_bgrx, bgrx_to_bgr, csi_pipeline,
+                                            open_source, parse_csi)
 from pipeline.config import EvaluateConfig
 from pipeline.imagefolder import scan_split
 from pipeline.errors import DataError
@@ -82,6 +83,75 @@ def test_max_frames_stops_and_still_writes_the_summary(quantized_run, val_subset
 def test_sources_that_cannot_open_say_why(spec: str, fragment: str) -> None:
     with pytest.raises(DataError, match=fragment):
         open_source(spec)
+
+
+def _caps(pipeline: str) -> dict[str, str]:
+    """The key=value fields of the NVMM caps filter (the second element) and of the source."""
+    source, nvmm = pipeline.split(" ! ")[:2]
+    fields = [f.strip() for f in nvmm.split(",")[1:]] + source.split()[1:]
+    return dict(f.split("=", 1) for f in fields)
+
+
+def test_csi_pipeline_defaults_and_hardware_conversion() -> None:
+    pipeline = csi_pipeline(parse_csi("csi://0"), bgrx=accepts_bgrx(cv2.__version__))
+    assert _caps(pipeline) == {"sensor-id": "0", "width": "1280", "height": "720", "framerate": "30/1"}
+    assert "sensor-mode" not in pipeline and "videoconvert" not in pipeline
+    assert pipeline.endswith("nvvidconv ! video/x-raw, format=BGRx ! appsink drop=true max-buffers=1 sync=false")
+    assert parse_csi("csi://") == parse_csi("csi://0") == CsiRequest()
+
+
+def test_csi_pipeline_carries_the_asked_mode_size_and_rate() -> None:
+    request = parse_csi("csi://1?width=1920&height=1080&fps=60&mode=2")
+    assert request == CsiRequest(sensor=1, width=1920, height=1080, fps=60, mode=2)
+    pipeline = csi_pipeline(request, bgrx=True)
+    assert _caps(pipeline) == {"sensor-id": "1", "sensor-mode": "2", "width": "1920", "height": "1080",
+                               "framerate": "60/1"}
+    assert pipeline.startswith("nvarguscamerasrc sensor-id=1 sensor-mode=2 ! video/x-raw(memory:NVMM), ")
+    assert "videoconvert" not in pipeline
+
+
+@pytest.mark.parametrize("version, bgrx", [("4.1.1", False), ("4.5.3", False), ("4.5.4", True),
+                                           ("4.8.0", True), ("4.10.0-dev", True), ("5.0.0", True),
+                                           ("unknown", False)])
+def test_old_opencv_keeps_the_cpu_videoconvert(version: str, bgrx: bool) -> None:
+    assert accepts_bgrx(version) is bgrx
+    pipeline = csi_pipeline(parse_csi("csi://0?width=640&height=480"), bgrx=accepts_bgrx(version))
+    assert ("videoconvert ! video/x-raw, format=BGR ! appsink" in pipeline) is not bgrx
+    assert "width=640, height=480" in pipeline and "drop=true max-buffers=1" in pipeline
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("csi://0?width=0", "parameter 'width' must be an integer from 16 to 8192, got '0'"),
+    ("csi://0?height=9000", "parameter 'height' must be an integer from 16 to 8192, got '9000'"),
+    ("csi://0?fps=-5", "parameter 'fps' must be an integer from 1 to 240, got '-5'"),
+    ("csi://0?fps=29.97", "parameter 'fps' must be an integer from 1 to 240, got '29.97'"),
+    ("csi://0?mode=16", "parameter 'mode' must be an integer from 0 to 15, got '16'"),
+    ("csi://0?mode=", "parameter 'mode' must be an integer from 0 to 15, got ''"),
+    ("csi://0?widht=1920", r"unknown parameter 'widht' \(choices: fps, height, mode, width\)"),
+    ("csi://0?fps=30&fps=60", "parameter 'fps' given twice"),
+    ("csi://0?width", "expected key=value pairs"),
+    ("csi://cam0", "sensor id must be an integer from 0 to 255, got 'cam0'"),
+    ("csi://0/1", "got a path or fragment after the sensor id"),
+])
+def test_bad_csi_parameters_are_refused_in_one_line(spec: str, fragment: str) -> None:
+    for call in (parse_csi, open_source):  # refused before GStreamer is even looked for
+        with pytest.raises(DataError, match=fragment) as raised:
+            call(spec)
+        message = str(raised.value)
+        assert message.startswith(f"{spec}: ") and "\n" not in message
+
+
+def test_bgrx_frames_become_bgr() -> None:
+    frame = np.empty((12, 16, 4), np.uint8)  # (H, W, BGRx)
+    frame[..., 0], frame[..., 1], frame[..., 2], frame[..., 3] = 10, 120, 250, 77
+    frame[2, 3] = (1, 2, 3, 4)
+    bgr = bgrx_to_bgr(frame)
+    assert bgr.shape == (12, 16, 3) and bgr.dtype == np.uint8 and bgr.flags["C_CONTIGUOUS"]
+    assert (bgr[0, 0] == (10, 120, 250)).all() and (bgr[2, 3] == (1, 2, 3)).all()
+    assert np.array_equal(bgr, frame[..., :3])
+    loop.expect_frame(bgr, "csi://0")
+    with pytest.raises(DataError, match=r"expected a \(H, W, 4\) BGRx frame .*\(12, 16, 3\)"):
+        bgrx_to_bgr(bgr)
 
 
 def test_a_clip_for_another_model_is_refused(quantized_run, tmp_path) -> None:

@@ -47,6 +47,7 @@ def test_the_jetson_journey_scores_and_gates_the_int8_engine(on_the_jetson, tmp_
     assert Path(int8["versus_reference"]["reference"]).name == "model.fp32.engine"
     # evaluate feeds batches of 32; the Orin Nano profile takes at most 8: the runner splits them,
     # and the emulated engine's answers are ONNX Runtime's on the same Q/DQ model
+    assert int8["batching"] == {"fed": 32, "runs": 8}
     ort = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, target="cpu"),
                               evaluate=dataclasses.replace(cfg.evaluate, model=str(cfg.run_dir / "model.int8.onnx"),
                                                            out=str(tmp_path / "ort.json")))

@@ -41,16 +41,18 @@ def logged(trt: types.ModuleType, fragment: str) -> bool:
 def test_int8_build_on_tensorrt_10_sets_what_the_api_documents(quantized_run, trt_emulator) -> None:
     trt = trt_emulator.trt
     (quantized_run.run_dir / "timing.cache").unlink(missing_ok=True)
-    plan = build_engine(trt, request_for(quantized_run, "jetson-orin-nano"))
-    assert trt.Runtime(trt.Logger()).deserialize_cuda_engine(plan) is not None
+    built = build_engine(trt, request_for(quantized_run, "jetson-orin-nano"))
+    assert trt.Runtime(trt.Logger()).deserialize_cuda_engine(built.plan) is not None
     config = built_config(trt)
-    assert config.get_flag(trt.BuilderFlag.INT8) and config.get_flag(trt.BuilderFlag.FP16)
+    # explicit Q/DQ on 10.x: strongly typed, no precision flags (NVIDIA's guidance; 11 agrees)
+    assert config.flags == 0 and built.semantics.to_dict() == {"typing": "strong", "flags": [],
+                                                               "unquantized": "fp32"}
     assert config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE) == 1024 << 20
     assert config.builder_optimization_level == get_profile("jetson-orin-nano").optimization_level
     profile, = config._profiles
     assert profile.get_shape("input") == [(1, 3, 32, 32), (1, 3, 32, 32), (8, 3, 32, 32)]
     assert config.default_device_type == trt.DeviceType.GPU
-    assert ("create_network", 1) in trt.CALLS  # explicit batch, set where the flag exists
+    assert ("create_network", 0b11) in trt.CALLS  # explicit batch (set where the flag exists) + strong typing
     # the timing cache is written, and a second build reads it back (hits, no errors)
     assert (quantized_run.run_dir / "timing.cache").stat().st_size > 0
     trt.LOG.clear()
@@ -63,25 +65,91 @@ def test_tensorrt_11_gets_no_precision_flags_and_refuses_fp16(quantized_run, trt
     monkeypatch.setenv("EDGERESNET_TRT_EMULATE", "11.4.0")
     trt11 = trt_emulator.reload().trt
     (quantized_run.run_dir / "timing.cache").unlink(missing_ok=True)  # TensorRT 10's cache
-    plan = build_engine(trt11, request_for(quantized_run, "desktop"))
-    assert trt11.Runtime(trt11.Logger()).deserialize_cuda_engine(plan) is not None
-    assert built_config(trt11).flags == 0 and ("create_network", 0) in trt11.CALLS
-    with pytest.raises(MissingDependencyError, match="no FP16 builder flag"):
+    built = build_engine(trt11, request_for(quantized_run, "desktop"))
+    assert trt11.Runtime(trt11.Logger()).deserialize_cuda_engine(built.plan) is not None
+    assert built_config(trt11).flags == 0 and ("create_network", 0b10) in trt11.CALLS
+    assert built.semantics.typing == "strong"
+    with pytest.raises(MissingDependencyError, match="FP16 builder flag, which this TensorRT \\(11.4.0\\) no longer"):
         build_engine(trt11, request_for(quantized_run, "desktop", "fp16"))
+    trt11.NUM_DLA_CORES[0] = 2  # a DLA needs weak typing: TensorRT 11.4 has none (and no DLA on JetPack)
+    with pytest.raises(MissingDependencyError, match="the DLA \\(core 1\\).*no longer has"):
+        build_engine(trt11, request_for(quantized_run, "jetson-agx-orin", **DLA_STATIC))
 
 
-def test_dla_is_used_where_the_device_has_one(quantized_run, trt_emulator) -> None:
+DLA_STATIC = {"dla_core": 1, "min_batch": 8, "opt_batch": 8, "max_batch": 8}
+
+
+def test_dla_runs_the_int8_engine_with_fallbacks_listed_and_the_fp32_reference_on_the_gpu(
+        quantized_run, trt_emulator) -> None:
+    """The DLA has no FP32: the INT8 engine goes to the DLA (weakly typed, INT8 + FP16 flags,
+    GPU_FALLBACK) with the layers it cannot run listed, the FP32 reference to the GPU."""
     trt = trt_emulator.trt
     trt.NUM_DLA_CORES[0] = 2
-    build_engine(trt, request_for(quantized_run, "jetson-agx-orin", dla_core=1))
+    profile = dataclasses.replace(get_profile("jetson-agx-orin"), **DLA_STATIC)
+    path = engine.build_one(trt, quantized_run.run_dir, profile, "int8", IDENTITY)
     config = built_config(trt)
     assert config.default_device_type == trt.DeviceType.DLA and config.DLA_core == 1
-    assert config.get_flag(trt.BuilderFlag.GPU_FALLBACK)
-    # TensorRT's DLA runs only static shapes: with a dynamic batch every layer falls back
-    assert logged(trt, "DLA supports only static shapes")
+    assert config.get_flag(trt.BuilderFlag.GPU_FALLBACK) and config.get_flag(trt.BuilderFlag.INT8)
+    record = json.loads(sidecar_path(path).read_text())
+    assert record["device"] == "DLA1" and record["dla_core"] == 1
+    assert record["precision_semantics"] == {"typing": "weak", "flags": ["INT8", "FP16"], "unquantized": "fp16"}
+    # the emulated DLA runs no reduction and no Gemm: the pooling mean and the classifier head
+    # fall back, and the inspector shows the DLA part as one foreign node, then the GPU layers
+    assert record["gpu_fallback_layers"] == ["node_mean", "node_linear"]
+    assert record["engine_layers"][0].startswith("{ForeignNode[")
+    assert set(record["gpu_fallback_layers"]) <= set(record["engine_layers"])
+    reference = engine.build_one(trt, quantized_run.run_dir, profile, "fp32", IDENTITY)
+    config = built_config(trt)
+    assert config.default_device_type == trt.DeviceType.GPU and config.flags == 0
+    record = json.loads(sidecar_path(reference).read_text())
+    assert record["device"] == "GPU" and record["dla_core"] == -1 and not record["gpu_fallback_layers"]
+    assert record["precision_semantics"]["typing"] == "strong"
     trt.NUM_DLA_CORES[0] = 1
     with pytest.raises(ConfigError, match="dla_core 1 asked for, this device has 1 DLA core"):
-        build_engine(trt, request_for(quantized_run, "jetson-agx-orin", dla_core=1))
+        build_engine(trt, request_for(quantized_run, "jetson-agx-orin", **DLA_STATIC))
+
+
+def test_a_dla_profile_with_a_dynamic_batch_is_refused() -> None:
+    """TensorRT's DLA runs static shapes only: a dynamic batch would put every layer on the GPU."""
+    with pytest.raises(ConfigError, match="DLA runs static shapes only"):
+        dataclasses.replace(get_profile("jetson-agx-orin"), dla_core=0)
+
+
+def test_dla_without_gpu_fallback_fails_the_build_naming_the_layer(quantized_run, trt_emulator) -> None:
+    trt = trt_emulator.trt
+    trt.NUM_DLA_CORES[0] = 2
+    request = request_for(quantized_run, "jetson-agx-orin", gpu_fallback=False, **DLA_STATIC)
+    with pytest.raises(ExportError, match="could not build"):
+        build_engine(trt, request)
+    assert logged(trt, "cannot run on DLA") and logged(trt, "GPU_FALLBACK is not set")
+
+
+@pytest.mark.parametrize("version, typing, flags, network", [
+    ("8.5.2", "weak", ["INT8"], 0b01),     # no strong typing: INT8 alone, the rest FP32
+    ("10.3.0", "strong", [], 0b11),        # STRONGLY_TYPED, no precision flags
+    ("11.4.0", "strong", [], 0b10)])       # every network strongly typed (the flag is kept)
+def test_every_version_builds_int8_with_the_same_numerics(version, typing, flags, network, quantized_run,
+                                                          trt_emulator, monkeypatch) -> None:
+    """Same Q/DQ ONNX, same semantics: INT8 where Q/DQ says, FP32 elsewhere, on 8.5, 10.3, 11.4."""
+    monkeypatch.setenv("EDGERESNET_TRT_EMULATE", version)
+    trt = trt_emulator.reload().trt
+    request = dataclasses.replace(request_for(quantized_run, "jetson-orin-nano"), timing_cache=None)
+    built = build_engine(trt, request)
+    assert built.semantics.to_dict() == {"typing": typing, "flags": flags, "unquantized": "fp32"}
+    assert ("create_network", network) in trt.CALLS
+    assert sorted(built_config(trt)._flag_names()) == sorted(flags)
+    assert trt.Runtime(trt.Logger()).deserialize_cuda_engine(built.plan)._header["typing"] == typing
+
+
+def test_fp16_for_unquantized_layers_is_weak_typing_and_refused_on_11(quantized_run, trt_emulator,
+                                                                      monkeypatch) -> None:
+    trt = trt_emulator.trt
+    built = build_engine(trt, request_for(quantized_run, "jetson-orin-nano", unquantized_fp16=True))
+    assert built.semantics.to_dict() == {"typing": "weak", "flags": ["INT8", "FP16"], "unquantized": "fp16"}
+    monkeypatch.setenv("EDGERESNET_TRT_EMULATE", "11.4.0")
+    trt11 = trt_emulator.reload().trt
+    with pytest.raises(MissingDependencyError, match="unquantized_fp16.*no longer has"):
+        build_engine(trt11, request_for(quantized_run, "jetson-orin-nano", unquantized_fp16=True))
 
 
 def test_parser_errors_are_printed_and_raised(tmp_path: Path, quantized_run, trt_emulator, capsys) -> None:
@@ -200,28 +268,43 @@ def test_real_engine_agrees_with_onnx_runtime(quantized_run) -> None:
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99 and np.abs(a - b).max() < 0.5
 
 
-def test_a_calibrator_profile_builds_int8_from_fp32_with_the_calibrator(quantized_run, trt_emulator) -> None:
+def test_a_calibrator_profile_calibrates_from_the_run_tensors_with_a_keyed_cache(quantized_run,
+                                                                                 trt_emulator) -> None:
     """Implicit calibration (DLA on JetPack 6): the FP32 ONNX and config.int8_calibrator, which
-    the (emulated) builder really drives: batches of the profile's opt shape from device
-    memory, then TensorRT's cache written through our calibrator."""
-    import numpy as np
-
+    the (emulated) builder really drives with the run's calibration tensors (written from the
+    manifest here, carried by the bundle to a device); the cache is keyed by the ONNX's and
+    the set's hashes and a mismatched one is refused."""
+    from calibration.tensors import TENSORS
     from calibration.trt_cache import read_cache
-    from calibration.trt_calibrator import make_calibrator
+    from calibration.trt_calibrator import key_path
+    from pipeline.artifacts import read_json, sha256_file
 
-    trt = trt_emulator.trt
+    trt, run = trt_emulator.trt, quantized_run.run_dir
     profile = dataclasses.replace(get_profile("jetson-orin-nx"), calibrator="entropy")
-    folder = quantized_run.run_dir / "engines" / profile.name
-    (folder / "calibration.cache").unlink(missing_ok=True)
-    images = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    calibrator = make_calibrator(trt, trt_emulator.cuda, "entropy", images, profile.opt_batch,
-                                 folder / "calibration.cache")
-    path = engine.build_one(trt, quantized_run.run_dir, profile, "int8", IDENTITY, calibrator)
+    cache_path = run / "engines" / profile.name / "calibration.cache"
+    cache_path.unlink(missing_ok=True)
+    path = engine.build_one(trt, run, profile, "int8", IDENTITY)
     config = built_config(trt)
-    assert config.int8_calibrator is calibrator and config.get_flag(trt.BuilderFlag.INT8)
-    assert calibrator.position == 4  # every image went to the device, in batches of opt_batch
-    cache = read_cache(folder / "calibration.cache")
-    assert cache.algorithm == "EntropyCalibration2" and cache.version == "100300"
-    assert cache.scales["input"] > 0 and len(cache.scales) > 10  # activations measured, not only the input
+    assert config.int8_calibrator is not None and config.get_flag(trt.BuilderFlag.INT8)
+    manifest = read_json(run / "calibration" / "manifest.json")
+    assert config.int8_calibrator.position == manifest["count"]  # every image went to the device
+    cache = read_cache(cache_path)
+    assert cache.algorithm == "EntropyCalibration2" and cache.version == "100300" and cache.scales["input"] > 0
     record = json.loads(sidecar_path(path).read_text())
     assert record["inputs"]["onnx"]["path"].endswith("model.fp32.onnx")
+    assert record["calibration"] == {"method": "implicit calibrator", "cache": f"engines/{profile.name}/calibration.cache",
+                                     "cache_sha256": sha256_file(cache_path), "algorithm": "entropy",
+                                     "onnx_sha256": sha256_file(run / "model.fp32.onnx"),
+                                     "calibration_sha256": manifest["set_sha256"]}
+    assert (run / TENSORS).is_file()
+    trt.LOG.clear()
+    engine.build_one(trt, run, profile, "int8", IDENTITY)  # the keyed cache is reused: no calibration
+    assert not logged(trt, "calibrated ")
+    key = read_json(key_path(cache_path))
+    key_path(cache_path).write_text(json.dumps({**key, "calibration_sha256": "0" * 64}))
+    with pytest.raises(StaleArtifactError, match="calibration.cache: made for another calibration"):
+        engine.build_one(trt, run, profile, "int8", IDENTITY)
+    key_path(cache_path).unlink()
+    with pytest.raises(StaleArtifactError, match="made for another onnx"):  # a cache of unknown origin
+        engine.build_one(trt, run, profile, "int8", IDENTITY)
+    cache_path.unlink()

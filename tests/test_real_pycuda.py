@@ -7,10 +7,15 @@ TensorRT itself is not there either, so the engine here is a stand-in of a few l
 answers the TensorRT calls the runner makes and, on ``execute_async_v3``, enqueues real GPU
 work on the runner's own stream: a device-to-device copy from the input address to the
 output address the runner set (an "identity" model). Page-locked buffers, asynchronous
-copies, the stream and the events are all real.
+copies, mapped (zero-copy) host memory, the stream and the events are all real.
+
+Mapped memory is checked on any GPU that can map host memory (the GPU writes and reads a
+host array through its device pointer); the comparison of mapped and copied speed needs an
+integrated GPU and is marked ``jetson`` as well. None of these has been run on a Jetson yet.
 """
 from __future__ import annotations
 
+import time
 import types
 from pathlib import Path
 
@@ -83,7 +88,8 @@ def stand_in_tensorrt(engine: StandInEngine) -> types.SimpleNamespace:
                                  TensorIOMode=types.SimpleNamespace(INPUT="INPUT"))
 
 
-def test_the_runner_on_real_pycuda_computes_on_the_gpu_and_splits_batches(real, tmp_path: Path) -> None:
+def stand_in_runner(real, tmp_path: Path, memory: str):
+    """Our TensorRTRunner on real pycuda, its engine the identity stand-in."""
     from pipeline.runners.tensorrt_runner import TensorRTRunner
 
     streams: dict = {}
@@ -98,14 +104,76 @@ def test_the_runner_on_real_pycuda_computes_on_the_gpu_and_splits_batches(real, 
     engine = StandInEngine(real, streams, 32)
     plan = tmp_path / "model.int8.engine"
     plan.write_bytes(b"stand-in")
-    runner = TensorRTRunner(plan, stand_in_tensorrt(engine), cuda)
+    return TensorRTRunner(plan, stand_in_tensorrt(engine), cuda, memory=memory)
+
+
+TIMED = {"copied": {"h2d_ms", "compute_ms", "d2h_ms"}, "mapped": {"compute_ms"}}
+
+
+@pytest.mark.parametrize("memory", ["copied", "mapped"])
+def test_the_runner_on_real_pycuda_computes_on_the_gpu_and_splits_batches(real, tmp_path: Path,
+                                                                          memory: str) -> None:
+    device = real.Context.get_device()
+    if memory == "mapped" and not device.get_attribute(real.device_attribute.CAN_MAP_HOST_MEMORY):
+        pytest.skip(f"{device.name()} cannot map host memory")
+    runner = stand_in_runner(real, tmp_path, memory)
+    assert runner.memory == memory
     x = np.random.default_rng(0).standard_normal((20, 3, 32, 32)).astype(np.float32)
     out = runner.run(x)  # 20 images, profile max 8: three chunks through the GPU
     np.testing.assert_array_equal(out, x.reshape(20, -1))
-    assert set(runner.last_timing) == {"h2d_ms", "compute_ms", "d2h_ms"}
+    assert set(runner.last_timing) == TIMED[memory]
     assert all(v >= 0 for v in runner.last_timing.values())
-    print("real pycuda runner timings (ms):", runner.last_timing)
+    print(f"real pycuda runner timings, {memory} memory (ms):", runner.last_timing)
     runner.close()
+
+
+def test_mapped_host_memory_is_written_and_read_by_the_gpu(real) -> None:
+    """What the emulator claims of mapped memory, on the real library: the device pointer
+    of a DEVICEMAP allocation addresses the host array's own bytes, both ways."""
+    device = real.Context.get_device()
+    if not device.get_attribute(real.device_attribute.CAN_MAP_HOST_MEMORY):
+        pytest.skip(f"{device.name()} cannot map host memory")
+    host = real.pagelocked_empty((256,), np.uint8, mem_flags=real.host_alloc_flags.DEVICEMAP)
+    host[:] = 0
+    pointer = host.base.get_device_pointer()
+    real.memset_d8(pointer, 0xAB, 128)  # the GPU writes the first half, straight into host memory
+    real.Context.synchronize()
+    assert (host[:128] == 0xAB).all() and (host[128:] == 0).all()
+    host[:] = np.arange(256, dtype=np.uint8)  # the CPU writes; the GPU reads it with no copy in
+    device_copy = real.mem_alloc(256)
+    real.memcpy_dtod(device_copy, pointer, 256)
+    back = np.empty(256, np.uint8)
+    real.memcpy_dtoh(back, device_copy)
+    np.testing.assert_array_equal(back, np.arange(256, dtype=np.uint8))
+    plain = real.pagelocked_empty((256,), np.uint8)
+    try:  # the emulator refuses this (CUDA's documented contract); record what this driver does
+        print(f"get_device_pointer without DEVICEMAP: 0x{plain.base.get_device_pointer():x} "
+              f"(host 0x{plain.ctypes.data:x}): this driver maps all page-locked memory")
+    except real.LogicError as error:
+        print(f"get_device_pointer without DEVICEMAP: {error}")
+    print(f"{device.name()}: INTEGRATED={device.get_attribute(real.device_attribute.INTEGRATED)}, "
+          f"mapped pointer 0x{pointer:x}, host 0x{host.ctypes.data:x}")
+
+
+@pytest.mark.jetson
+def test_on_an_integrated_gpu_auto_maps_and_both_strategies_are_timed(real, tmp_path: Path) -> None:
+    """Only a Jetson can say whether zero-copy pays: print both strategies' times per batch."""
+    device = real.Context.get_device()
+    if not device.get_attribute(real.device_attribute.INTEGRATED):
+        pytest.skip(f"{device.name()} is a discrete GPU")
+    assert stand_in_runner(real, tmp_path, "auto").memory == "mapped"
+    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    for memory in ("mapped", "copied"):
+        runner = stand_in_runner(real, tmp_path, memory)
+        runner.run(x)  # warm-up: buffers allocated
+        times = []
+        for _ in range(200):
+            start = time.perf_counter()
+            runner.run(x)
+            times.append((time.perf_counter() - start) * 1000)
+        print(f"{device.name()} {memory}: median {np.median(times):.3f} ms per batch of 8, "
+              f"last device timing {runner.last_timing}")
+        runner.close()
 
 
 def test_the_emulator_refuses_what_real_pycuda_refuses(real, trt_emulator) -> None:

@@ -2,13 +2,17 @@
 harness: fixed batch and shape, warm-up by time and count, then timed runs in interleaved
 rounds (a slow spell of the machine hits every model alike). On a GPU the TensorRT
 runner's CUDA-event timings (copies apart) are recorded beside the wall-clock figures.
-Writes ``bench/<runtime>-<precision>.json`` with the statistics and every sample."""
+On an integrated GPU (a Jetson) each engine runs both ways in the same rounds: with mapped
+(zero-copy) memory under its own label, as the deployed loop runs it, and with page-locked
+buffers plus device copies under ``<label>-copied``; which wins depends on the board.
+Writes ``bench/<label>.json`` (``<runtime>-<precision>[-copied]``) with the statistics,
+every sample and the ``memory`` strategy (None for runtimes without device buffers)."""
 from __future__ import annotations
 
 import os
 import platform
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, NamedTuple, Tuple
 
 import numpy as np
 
@@ -21,6 +25,15 @@ from targets.detect import target_profile
 from targets.profile import TargetProfile
 
 ROUNDS = 10
+COPIED = "-copied"  # label suffix of an engine measured with copied memory beside its mapped run
+
+
+class Opened(NamedTuple):
+    """A model open for timing: its file, its runner and what it says about itself."""
+
+    path: Path
+    runner: Any
+    info: Any
 
 
 def run(cfg: Config) -> Path:
@@ -29,19 +42,29 @@ def run(cfg: Config) -> Path:
     if not models:
         raise DataError(f"{cfg.run_dir}: no model to benchmark; run make demo first")
     threads = cfg.evaluate.threads or os.cpu_count() or 1
-    samples, extra = interleaved_latency(models, threads, cfg.evaluate.bench_runs, cfg.bench.batch)
+    opened = open_models(models, threads)
+    try:
+        samples, extra = time_interleaved(opened, cfg.evaluate.bench_runs, cfg.bench.batch)
+    finally:
+        close_models(opened)
     written = []
-    for label, path in models.items():
+    for label, model in opened.items():
         stats = summarize(samples[label], cfg.bench.batch, label)
-        record = {"model": str(path), "label": label, "target": profile.name,
-                  "runtime": label.split("-")[0], "precision": label.split("-", 1)[1], "batch": cfg.bench.batch, "threads": threads,
+        record = {"model": str(model.path), "label": label, "target": profile.name, **label_parts(label),
+                  "memory": getattr(model.runner, "memory", None), "batch": cfg.bench.batch, "threads": threads,
                   "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                   "cpu": platform.processor() or platform.machine(), "latency_ms": stats.to_dict(),
                   "device_ms": extra.get(label), "samples_ms": [round(v, 4) for v in samples[label]],
-                  "size_mb": path.stat().st_size / 1e6}
+                  "size_mb": model.path.stat().st_size / 1e6}
         written.append(write_json(cfg.run_dir / "bench" / f"{label}.json", record))
         print(f"{label:<22} p50 {stats.median:7.2f} ms  p99 {stats.p99:7.2f} ms  {stats.throughput:8.1f} img/s")
     return written[-1]
+
+
+def label_parts(label: str) -> Dict[str, str]:
+    """runtime and precision of a label; the ``-copied`` twin has its engine's precision."""
+    base = label[:-len(COPIED)] if label.endswith(COPIED) else label
+    return {"runtime": base.split("-")[0], "precision": base.split("-", 1)[1]}
 
 
 def available_models(out: Path, profile: TargetProfile) -> Dict[str, Path]:
@@ -57,19 +80,52 @@ def available_models(out: Path, profile: TargetProfile) -> Dict[str, Path]:
     return {label: path for label, path in candidates.items() if path.is_file()}
 
 
-def interleaved_latency(models: dict[str, Path], threads: int, runs: int,
-                        batch_size: int = 1) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def interleaved_latency(models: Dict[str, Path], threads: int, runs: int,
+                        batch_size: int = 1) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     """``runs`` timings per model taken in ROUNDS alternating rounds, plus device timings."""
-    opened = {label: open_model(path, threads) for label, path in models.items()}
-    size = next(iter(opened.values()))[1].preprocessing.input_size
+    opened = open_models(models, threads)
+    try:
+        return time_interleaved(opened, runs, batch_size)
+    finally:
+        close_models(opened)
+
+
+def open_models(models: Dict[str, Path], threads: int) -> Dict[str, Opened]:
+    """Each model opened as it deploys; an engine that chose mapped memory (an integrated
+    GPU) is opened a second time with copied memory, as ``<label>-copied``."""
+    opened: Dict[str, Opened] = {}
+    for label, path in models.items():
+        runner, info = open_model(path, threads)
+        opened[label] = Opened(path, runner, info)
+        if getattr(runner, "memory", None) == "mapped":
+            opened[label + COPIED] = Opened(path, *open_copied(path))
+    return opened
+
+
+def open_copied(path: Path) -> Tuple[Any, Any]:
+    """The engine with page-locked buffers and device copies (imported here: the ``cpu``
+    target never needs the TensorRT runner)."""
+    from pipeline.runners.tensorrt_runner import open_engine_file
+
+    return open_engine_file(path, memory="copied")
+
+
+def close_models(opened: Dict[str, Opened]) -> None:
+    for model in opened.values():
+        model.runner.close()
+
+
+def time_interleaved(opened: Dict[str, Opened], runs: int,
+                     batch_size: int = 1) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """``runs`` timings per opened model in ROUNDS alternating rounds, and each runner's
+    last device timing (``last_timing``) where it has one."""
+    size = next(iter(opened.values())).info.preprocessing.input_size
     batch = np.random.default_rng(0).standard_normal((batch_size, 3, size, size)).astype(np.float32)
-    parts: dict[str, list[np.ndarray]] = {label: [] for label in models}
-    device: dict[str, Any] = {}
+    parts: Dict[str, list] = {label: [] for label in opened}
+    device: Dict[str, Any] = {}
     for _ in range(ROUNDS):
-        for label, (runner, _) in opened.items():
-            parts[label].append(measure_latency(runner, batch, max(1, runs // ROUNDS), warmup_s=0.2)[1])
-            if getattr(runner, "last_timing", None):
-                device[label] = dict(runner.last_timing)
-    for runner, _ in opened.values():
-        runner.close()
+        for label, model in opened.items():
+            parts[label].append(measure_latency(model.runner, batch, max(1, runs // ROUNDS), warmup_s=0.2)[1])
+            if getattr(model.runner, "last_timing", None):
+                device[label] = dict(model.runner.last_timing)
     return {label: np.concatenate(chunks) for label, chunks in parts.items()}, device

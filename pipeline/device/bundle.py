@@ -29,6 +29,7 @@ from pipeline.device.camera.clip import labels_path, make_clip
 from pipeline.errors import ConfigError, DataError, StaleArtifactError
 from pipeline.imagefolder import ImageSplit, laid_out_split
 from pipeline.onnx_meta import read_metadata
+from pipeline.preprocess import Preprocessing
 from targets.profile import PROFILE_DIR, load_profiles
 
 FORMAT = "edgeresnet.bundle/1"
@@ -45,7 +46,7 @@ def run(cfg: Config) -> Path:
     target = cfg.engine.target
     out = cfg.run_dir / f"bundle-{target}.tar.gz"
     val = laid_out_split(cfg.data, "val")
-    path = make_bundle(cfg.run_dir, out, target, val, cfg.bundle, cfg.run.seed)
+    path = make_bundle(cfg.run_dir, out, target, val, cfg.bundle, cfg.run.seed, calibrates_on_device(target))
     print(f"bundle {path}: copy it to the device and run `make engine TARGET={target} RUN={cfg.run_name} "
           f"BUNDLE=<path to>/{path.name}` there (see README, On the Jetson)")
     return path
@@ -57,14 +58,17 @@ def is_device_run(run_dir: Path) -> bool:
 
 
 def make_bundle(run_dir: Path, out: Path, target: str, val: ImageSplit, cfg: BundleConfig,
-                seed: int = 0) -> Path:
-    """Archive the run's deployable files, profiles, labels, evaluation set, clip, sums."""
+                seed: int = 0, calibration: bool = False) -> Path:
+    """Archive the run's deployable files, profiles, labels, evaluation set, clip, sums, and
+    with ``calibration`` the preprocessed calibration tensors."""
     files = _run_files(run_dir, target)
     meta = read_metadata(files["model.fp32.onnx"])
     names, classes = meta["class_names"], meta["classes"]
     if list(val.classes) != list(classes):
         raise DataError(f"{val.root}: classes differ from the model's ({len(val.classes)} vs {len(classes)})")
     files.update({f"targets/{p.name}": p for p in sorted(PROFILE_DIR.glob("*.toml"))})
+    if calibration:
+        files.update(_calibration_tensors(run_dir, meta))
     files.update(_eval_set(val, cfg.eval_images, seed))
     with tempfile.TemporaryDirectory() as scratch:
         clip = make_clip(val, Path(scratch) / "replay.avi", cfg.clip_images, cfg.clip_frames,
@@ -83,6 +87,23 @@ def _run_files(run_dir: Path, target: str) -> Dict[str, Path]:
         if needed not in files:
             raise StaleArtifactError(f"{run_dir}: nothing to bundle (no {needed}); run make demo first")
     return files
+
+
+def calibrates_on_device(target: str) -> bool:
+    """Whether the target's profile (any Jetson's, for ``jetson``) uses the implicit calibrator."""
+    profiles = load_profiles()
+    chosen = [p for p in profiles.values() if p.kind == "jetson"] if target == "jetson" else \
+        [profiles[target]] if target in profiles else []
+    return any(p.calibrator for p in chosen)
+
+
+def _calibration_tensors(run_dir: Path, meta: Dict[str, Any]) -> Dict[str, Path]:
+    """The preprocessed calibration set: the device's copy of the manifest names workstation
+    paths it does not have."""
+    from calibration import tensors
+
+    tensors.ensure_tensors(run_dir, Preprocessing.from_dict(meta["preprocessing"]))
+    return {tensors.TENSORS: run_dir / tensors.TENSORS, tensors.RECORD: run_dir / tensors.RECORD}
 
 
 def _runtime(target: str) -> str:

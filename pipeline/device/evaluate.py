@@ -64,10 +64,13 @@ def run(cfg: Config) -> Path:
     models = deployed_models(out, profile)
     opened = [open_model(m, cfg.evaluate.threads) for m in models]
     split = evaluation_split(cfg, opened[0][1].classes)
+    # what each runner runs at once: an engine splits the fed batches to its profile's max
+    batching = [{"fed": cfg.evaluate.batch_size, "runs": min(cfg.evaluate.batch_size, getattr(r, "max_batch", 1 << 30))}
+                for r, _ in opened]
     cache: Dict[Preprocessing, np.ndarray] = {}
     scores = [score(runner, info, split, cfg, cache) for runner, info in opened]
     reference = scores[0]
-    written = [_write(s, reference, split, out / "eval", profile) for s in scores]
+    written = [_write(s, reference, split, out / "eval", profile, b) for s, b in zip(scores, batching)]
     print_table(scores, reference)
     return written[-1]
 
@@ -162,10 +165,11 @@ def print_table(scores: List[Scores], reference: Scores) -> None:
               f"{100 * (base - top1):>6.2f}p {agree:>7.2%}  {s.info.path.name}")
 
 
-def _write(scores: Scores, reference: Scores, split: ImageSplit, folder: Path, profile: TargetProfile) -> Path:
+def _write(scores: Scores, reference: Scores, split: ImageSplit, folder: Path, profile: TargetProfile,
+           batching: Dict[str, int]) -> Path:
     label = RUN_MODELS.get(scores.info.path.name, scores.info.precision)
     path = folder / f"{scores.info.runtime}-{label}.json"
     record = {**provenance("evaluate", {"model": scores.info.path}), "data": str(split.root),
               "target": profile.name, "runtime": scores.info.runtime, "precision": scores.info.precision,
-              **scores.summary(), "versus_reference": compare(scores, reference, split.files)}
+              "batching": batching, **scores.summary(), "versus_reference": compare(scores, reference, split.files)}
     return write_json(path, record)

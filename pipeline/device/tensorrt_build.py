@@ -1,16 +1,32 @@
-"""Building a TensorRT engine from ONNX with the TensorRT 10 Python API (and 11's changes).
+"""Building a TensorRT engine from ONNX with the TensorRT 10 Python API (and 8.5's and 11's
+differences, found by feature, never by version string).
 
-Written against the real API (names checked against NVIDIA's binding wheels in the
-tests): ``create_network``, the ONNX parser with every error printed, an optimisation
-profile, ``set_memory_pool_limit``, a timing cache, DLA settings and
-``build_serialized_network``. TensorRT 11 removed the FP16/INT8 builder flags and the
-implicit calibrator: those are reached only behind feature checks, never a version string.
+Precision semantics are decided here, once, and recorded in the engine's sidecar. NVIDIA's
+guidance for explicit quantization is a *strongly typed* network without precision flags
+("Use explicit quantization with Strong Typing. Precision-control build flags are not
+required and should not be specified", TensorRT's Explicit Quantization guide): the Q/DQ
+nodes say what runs in INT8 and every other layer runs in the ONNX's own type, FP32. That
+is what ONNX Runtime computes when we measure the Q/DQ model, and what TensorRT 11 (every
+network strongly typed, no FP16/INT8 flags) does. So:
+
+- 10.x and 11: ``STRONGLY_TYPED``, no precision flags.
+- 8.5 (JetPack 5) has no strong typing: the INT8 flag alone (explicit Q/DQ needs it before
+  10), no FP16 flag, so unquantized layers stay FP32: the same numerics.
+- Weak typing only where something needs builder flags: an FP16 engine, a DLA engine (the
+  DLA runs FP16/INT8 only), the implicit calibrator, or a profile that asks for FP16 in the
+  layers Q/DQ leaves in float (``unquantized_fp16``). TensorRT 11 has no such flags: refused
+  there, with the reason.
+
+The FP32 reference never goes to a DLA (it has no FP32). On a DLA build the layers the DLA
+cannot run (``can_run_on_DLA``, before the build) are listed as GPU fallbacks, and the
+engine inspector's layer list is kept beside them where the version has one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional
 
 from pipeline.artifacts import atomic_path
 from pipeline.errors import ConfigError, ExportError, MissingDependencyError
@@ -25,37 +41,104 @@ class BuildRequest:
     precision: str
     profile: TargetProfile
     input_size: int
-    timing_cache: Path | None = None
+    timing_cache: Optional[Path] = None
     calibrator: Any = None
 
+    @property
+    def on_dla(self) -> bool:
+        """Only a reduced-precision engine goes to the DLA; the FP32 reference stays on the GPU."""
+        return self.precision != "fp32" and self.profile.dla_core >= 0
 
-def build_engine(trt: Any, request: BuildRequest) -> bytes:
-    """The serialized plan (plain bytes: trtexec, Triton and DeepStream load it as is)."""
+
+@dataclass(frozen=True)
+class Semantics:
+    """What the builder was allowed to do with precision: the sidecar's record of it."""
+
+    typing: str                    # "strong": types from the network; "weak": builder flags choose
+    flags: List[str] = field(default_factory=list)
+    unquantized: str = "fp32"      # what layers outside Q/DQ run in (fp16: TensorRT may choose)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"typing": self.typing, "flags": list(self.flags), "unquantized": self.unquantized}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The serialized plan (plain bytes: trtexec, Triton and DeepStream load it as is) and
+    what the sidecar must say about it."""
+
+    plan: bytes
+    semantics: Semantics
+    device: str                    # "GPU" or "DLA<core>"
+    fallback_layers: List[str] = field(default_factory=list)
+    engine_layers: Optional[List[str]] = None
+
+
+def build_engine(trt: Any, request: BuildRequest) -> BuildResult:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt))
+    semantics = precision_semantics(trt, request)
+    network = builder.create_network(network_flags(trt, semantics))
     parse_onnx(trt, network, logger, request.onnx_path)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.profile.workspace_mb << 20)
     if hasattr(config, "builder_optimization_level"):  # TensorRT 8.6+; JetPack 5's 8.5 has none
         config.builder_optimization_level = request.profile.optimization_level
     add_shapes(builder, config, network, request)
-    set_precision(trt, config, request)
-    set_dla(trt, builder, config, request.profile)
+    set_precision(trt, config, request, semantics)
+    fallback = set_dla(trt, builder, config, network, request)
     cache = load_timing_cache(config, request.timing_cache)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ExportError(f"{request.onnx_path}: TensorRT could not build an engine for "
                           f"{request.profile.name} ({request.precision}); see TensorRT's log above")
     save_timing_cache(config, cache, request.timing_cache)
-    return bytes(plan)
+    device = f"DLA{request.profile.dla_core}" if request.on_dla else "GPU"
+    return BuildResult(bytes(plan), semantics, device, fallback, engine_layers(trt, logger, bytes(plan)))
 
 
-def network_flags(trt: Any) -> int:
+def precision_semantics(trt: Any, request: BuildRequest) -> Semantics:
+    """Strong typing wherever nothing needs builder flags; see the module docstring."""
+    needs = weak_typing_reasons(request)
+    if needs:
+        flags = (["INT8"] if request.precision == "int8" else []) + \
+                (["FP16"] if request.precision == "fp16" or request.on_dla or request.profile.unquantized_fp16 else [])
+        missing = [f for f in flags if not hasattr(trt.BuilderFlag, f)]
+        if missing:
+            raise MissingDependencyError(
+                f"{request.profile.name}: {needs[0]} needs the {missing[0]} builder flag, which this TensorRT "
+                f"({_version(trt)}) no longer has (every network is strongly typed); build the Q/DQ INT8 "
+                f"engine on the GPU, or use TensorRT 10")
+        return Semantics("weak", flags, "fp16" if "FP16" in flags else "fp32")
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        return Semantics("strong")
+    # TensorRT 8.5: explicit Q/DQ needs the INT8 flag; without FP16 the rest stays FP32
+    return Semantics("weak", ["INT8"] if request.precision == "int8" else [])
+
+
+def weak_typing_reasons(request: BuildRequest) -> List[str]:
+    """Why this engine needs builder precision flags, if it does."""
+    reasons = []
+    if request.precision == "fp16":
+        reasons.append("an FP16 engine from the FP32 model")
+    if request.on_dla:
+        reasons.append(f"the DLA (core {request.profile.dla_core}), which runs only FP16 and INT8 layers,")
+    if request.calibrator is not None:
+        reasons.append("implicit INT8 calibration")
+    if request.precision == "int8" and request.profile.unquantized_fp16:
+        reasons.append("unquantized_fp16 (FP16 in the layers Q/DQ leaves in float)")
+    return reasons
+
+
+def network_flags(trt: Any, semantics: Semantics) -> int:
     """Explicit batch: a flag before TensorRT 10 (JetPack 5's 8.5), the default in 10 (where
-    the flag is deprecated and ignored), gone in 11. Set where the flag exists."""
-    creation = trt.NetworkDefinitionCreationFlag
-    return 1 << int(creation.EXPLICIT_BATCH.value) if hasattr(creation, "EXPLICIT_BATCH") else 0
+    the flag is deprecated and ignored), gone in 11. Strong typing where chosen (10 and 11)."""
+    creation, flags = trt.NetworkDefinitionCreationFlag, 0
+    if hasattr(creation, "EXPLICIT_BATCH"):
+        flags |= 1 << int(creation.EXPLICIT_BATCH.value)
+    if semantics.typing == "strong" and hasattr(creation, "STRONGLY_TYPED"):
+        flags |= 1 << int(creation.STRONGLY_TYPED.value)
+    return flags
 
 
 def parse_onnx(trt: Any, network: Any, logger: Any, path: Path) -> None:
@@ -79,17 +162,10 @@ def add_shapes(builder: Any, config: Any, network: Any, request: BuildRequest) -
     config.add_optimization_profile(optimisation)
 
 
-def set_precision(trt: Any, config: Any, request: BuildRequest) -> None:
-    """TensorRT 10 needs the INT8/FP16 flags; TensorRT 11 has none and takes the precision
-    from the Q/DQ network itself. Found by feature, not by version."""
-    flags = trt.BuilderFlag
-    if request.precision == "fp16" and not hasattr(flags, "FP16"):
-        raise MissingDependencyError(f"this TensorRT ({_version(trt)}) has no FP16 builder flag; "
-                                     f"build int8 (Q/DQ) or fp32 engines")
-    if request.precision in ("fp16", "int8") and hasattr(flags, "FP16"):
-        config.set_flag(flags.FP16)  # layers left unquantized may run in FP16
-    if request.precision == "int8" and hasattr(flags, "INT8"):
-        config.set_flag(flags.INT8)
+def set_precision(trt: Any, config: Any, request: BuildRequest, semantics: Semantics) -> None:
+    """The flags the semantics allow, and the implicit calibrator where one is given."""
+    for flag in semantics.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     if request.calibrator is not None:
         if not hasattr(config, "int8_calibrator"):
             raise MissingDependencyError(f"this TensorRT ({_version(trt)}) has no implicit "
@@ -97,10 +173,12 @@ def set_precision(trt: Any, config: Any, request: BuildRequest) -> None:
         config.int8_calibrator = request.calibrator
 
 
-def set_dla(trt: Any, builder: Any, config: Any, profile: TargetProfile) -> None:
-    """Run on a DLA core where the profile asks for one and the device has it."""
-    if profile.dla_core < 0:
-        return
+def set_dla(trt: Any, builder: Any, config: Any, network: Any, request: BuildRequest) -> List[str]:
+    """Put the engine on the profile's DLA core (never the FP32 reference); returns the
+    layers TensorRT says the DLA cannot run, which run on the GPU (GPU_FALLBACK)."""
+    profile = request.profile
+    if not request.on_dla:
+        return []
     if builder.num_DLA_cores <= profile.dla_core:
         raise ConfigError(f"{profile.name}: dla_core {profile.dla_core} asked for, this device "
                           f"has {builder.num_DLA_cores} DLA core(s)")
@@ -108,9 +186,22 @@ def set_dla(trt: Any, builder: Any, config: Any, profile: TargetProfile) -> None
     config.DLA_core = profile.dla_core
     if profile.gpu_fallback:
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    return [layer.name for layer in layers if not config.can_run_on_DLA(layer)]
 
 
-def load_timing_cache(config: Any, path: Path | None) -> Any:
+def engine_layers(trt: Any, logger: Any, plan: bytes) -> Optional[List[str]]:
+    """The built engine's layers as the engine inspector names them (a DLA subgraph is one
+    ``{ForeignNode[...]}`` layer), or None where the engine cannot be inspected here."""
+    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+    if engine is None or not hasattr(engine, "create_engine_inspector"):
+        return None
+    text = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    layers = json.loads(text).get("Layers", [])
+    return [layer if isinstance(layer, str) else str(layer.get("Name", layer)) for layer in layers]
+
+
+def load_timing_cache(config: Any, path: Optional[Path]) -> Any:
     """Reuse measured kernel timings across builds (minutes saved on a Jetson)."""
     if path is None:
         return None
@@ -123,7 +214,7 @@ def load_timing_cache(config: Any, path: Path | None) -> Any:
     return cache
 
 
-def save_timing_cache(config: Any, cache: Any, path: Path | None) -> None:
+def save_timing_cache(config: Any, cache: Any, path: Optional[Path]) -> None:
     if path is None or cache is None:
         return
     with atomic_path(Path(path)) as tmp:

@@ -167,7 +167,8 @@ def device_env(board: Board, root: Path) -> dict:
     env.pop("WAYLAND_DISPLAY", None)
     env.update(EDGERESNET_SYSROOT=str(root), EDGERESNET_TRT_EMULATE=board.tensorrt,
                EDGERESNET_EMULATED_GPU=board.gpu, EDGERESNET_EMULATED_CC=board.capability,
-               EDGERESNET_EMULATED_CUDA=board.cuda, MAKEFLAGS="")
+               EDGERESNET_EMULATED_CUDA=board.cuda, MAKEFLAGS="",
+               EDGERESNET_EMULATED_INTEGRATED="1")  # every Jetson's GPU shares the host's memory
     return env
 
 
@@ -206,7 +207,13 @@ def figures(run_dir: Path, board: Board) -> list[str]:
                               f"{[r['label'] for r in report['rows']]}")
     camera = json.loads(sorted((run_dir / "camera").glob("*.json"))[-1].read_text())
     bench = {p.stem: json.loads(p.read_text())["latency_ms"] for p in (run_dir / "bench").glob("tensorrt-*.json")}
-    return [f"- **Engines** ({board.profile}, {int8['images']} bundled val images): FP32 engine top-1 "
+    sidecar = json.loads((run_dir / "engines" / board.profile / "model.int8.engine.json").read_text())
+    semantics, shapes = sidecar["precision_semantics"], sidecar["shapes"]
+    return [f"- **INT8 engine** ({sidecar['identity']['tensorrt']}, {sidecar['device']}): {semantics['typing']}ly "
+            f"typed, builder flags {semantics['flags'] or 'none'}, unquantized layers {semantics['unquantized']}; "
+            f"profile batch {shapes['min'][0]}/{shapes['opt'][0]}/{shapes['max'][0]}; evaluate fed batches of "
+            f"{int8['batching']['fed']}, the runner ran them in chunks of {int8['batching']['runs']}.",
+            f"- **Engines** ({board.profile}, {int8['images']} bundled val images): FP32 engine top-1 "
             f"{fp32['top1']:.2%}, INT8 engine top-1 {int8['top1']:.2%}, drop {100 * versus['top1_drop']:+.2f} "
             f"points, agreement {versus['top1_agreement']:.2%}, {len(versus['flipped'])} flipped.",
             f"- **Camera** (replay clip, headless): {camera['frames']} frames, {camera['fps']:.1f} FPS, INT8 "

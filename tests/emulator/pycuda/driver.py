@@ -22,14 +22,33 @@ the CUDA driver under it, holding callers to the contract the real pair keeps:
   asking before both have completed raises pycuda's ``RuntimeError("cuEventElapsedTime
   failed: device not ready")`` (CUDA_ERROR_NOT_READY maps to pycuda's RuntimeError), and
   for an event never recorded ``LogicError(... invalid resource handle)``.
-- Nothing works before ``init()`` and a context (``import pycuda.autoinit``).
+- Mapped (zero-copy) host memory: ``pagelocked_empty(..., mem_flags=host_alloc_flags.DEVICEMAP)``
+  returns an array whose ``.base`` (a ``PagelockedHostAllocation``) gives, through
+  ``get_device_pointer()``, an emulated device address that aliases the array's own bytes:
+  queued GPU work (TensorRT's execute, a copy) reads the host array as it is when the work
+  runs and writes into it, so a result shows in the host array once the stream has
+  synchronised. The address differs from the host pointer, so code that hands TensorRT
+  the host pointer instead of the device pointer faults here. ``get_device_pointer`` on
+  memory allocated without DEVICEMAP, or on a GPU whose CAN_MAP_HOST_MEMORY is 0, raises
+  ``LogicError("cuMemHostGetDevicePointer failed: invalid argument")``: cuMemHostGetDevicePointer's
+  documented contract. (Under unified addressing the real driver maps all page-locked
+  memory whatever the flags and may return a pointer anyway; the emulator keeps to the
+  documented contract so code that forgets DEVICEMAP fails here rather than on an older
+  driver.) ``free()`` unmaps it; a device address kept after that faults.
+- Nothing works before ``init()`` and a context (``import pycuda.autoinit``). A context
+  needs no ``ctx_flags.MAP_HOST`` for mapped memory: CUDA deprecated that flag in 11.0 (no
+  effect; every context since CUDA 3.2 behaves as though it were set).
 - A fault while queued work runs (an illegal address) is raised by the call that
   synchronised, and the context stays broken afterwards, as CUDA's sticky errors do.
 
 The GPU is described by environment variables read at import: EDGERESNET_EMULATED_GPU
 (default "Orin (nvgpu)"), EDGERESNET_EMULATED_CC ("8.7"), EDGERESNET_EMULATED_CUDA
-("12.6.0"). Every public name here exists in pycuda (tests/test_tensorrt_api.py checks
-them against pycuda's source); emulator internals start with "_".
+("12.6.0"), EDGERESNET_EMULATED_INTEGRATED ("0": a discrete GPU; "1": an integrated one, as
+every Jetson's is) and EDGERESNET_EMULATED_CAN_MAP_HOST_MEMORY ("1", as on every GPU current
+CUDA supports; "0" emulates one that cannot map host memory). Every public name here exists
+in pycuda (tests/test_tensorrt_api.py checks them against pycuda's source); emulator
+internals start with "_". One of them is for tests: ``_copies`` lists every memcpy call by
+CUDA routine, so a test sees whether any was made.
 """
 from __future__ import annotations
 
@@ -39,6 +58,7 @@ import itertools
 import os
 import time
 import weakref
+from enum import IntEnum
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -72,12 +92,25 @@ def _version_tuple(text: str, parts: int) -> Tuple[int, ...]:
 _GPU_NAME = os.environ.get("EDGERESNET_EMULATED_GPU", "Orin (nvgpu)")
 _CAPABILITY = _version_tuple(os.environ.get("EDGERESNET_EMULATED_CC", "8.7"), 2)
 _CUDA_VERSION = _version_tuple(os.environ.get("EDGERESNET_EMULATED_CUDA", "12.6.0"), 3)
+
+
+def _switch(variable: str, default: str) -> int:
+    """A 0/1 device attribute from the environment; anything else is a setup mistake."""
+    value = os.environ.get(variable, default).strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{variable}: expected 0 or 1, got {value!r}")
+    return int(value)
+
+
+_INTEGRATED = _switch("EDGERESNET_EMULATED_INTEGRATED", "0")
+_CAN_MAP_HOST_MEMORY = _switch("EDGERESNET_EMULATED_CAN_MAP_HOST_MEMORY", "1")
 _TOTAL_MEMORY = 8 << 30
 _ALIGNMENT = 512  # cuMemAlloc returns at least 256-byte aligned memory
 _GUARD = 1 << 16  # unmapped gap between allocations, so overruns do not land in a neighbour
 _UNINITIALISED = 0xFF
 
 _state: Dict[str, Any] = {"initialised": False, "sticky": None, "used": 0}
+_copies: List[str] = []  # every copy asked for, by CUDA routine: what tests read to see none was made
 _contexts: List["Context"] = []
 
 
@@ -113,6 +146,21 @@ def get_driver_version() -> int:
     return _CUDA_VERSION[0] * 1000 + _CUDA_VERSION[1] * 10
 
 
+class device_attribute(IntEnum):  # noqa: N801 - pycuda's name
+    """The CUdevice_attribute values we emulate (pycuda's enum holds every one of CUDA's)."""
+
+    INTEGRATED = 18  # CU_DEVICE_ATTRIBUTE_INTEGRATED: the GPU shares the host's memory
+    CAN_MAP_HOST_MEMORY = 19  # CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY
+
+
+class host_alloc_flags:  # noqa: N801 - pycuda's name
+    """cuMemHostAlloc's flags, with CUDA's values (CU_MEMHOSTALLOC_*)."""
+
+    PORTABLE = 1
+    DEVICEMAP = 2
+    WRITECOMBINED = 4
+
+
 class Device:
     __slots__ = ("_ordinal",)
 
@@ -137,6 +185,13 @@ class Device:
 
     def total_memory(self) -> int:
         return _TOTAL_MEMORY
+
+    def get_attribute(self, attr: device_attribute) -> int:
+        if not isinstance(attr, device_attribute):
+            raise TypeError(f"Python argument types did not match C++ signature: expected "
+                            f"device_attribute, got {type(attr).__name__}")
+        return {device_attribute.INTEGRATED: _INTEGRATED,
+                device_attribute.CAN_MAP_HOST_MEMORY: _CAN_MAP_HOST_MEMORY}[attr]
 
     def make_context(self, flags: int = 0) -> "Context":
         context = Context(self)
@@ -182,7 +237,7 @@ class Context:
 
 # --- device memory: raw bytes at emulated addresses -----------------------------------
 
-_memory: Dict[int, bytearray] = {}
+_memory: Dict[int, Any] = {}  # base → bytearray (device memory) or np.uint8 array (mapped host memory)
 _bases: List[int] = []
 _next_address = [0x302000000]
 
@@ -191,12 +246,25 @@ class _Fault(builtins.RuntimeError):
     """A device-side fault raised while queued work runs (becomes a pycuda error)."""
 
 
-def _allocate(nbytes: int) -> int:
+def _reserve(nbytes: int) -> int:
     base = _next_address[0]
     _next_address[0] += -(-nbytes // _ALIGNMENT) * _ALIGNMENT + _GUARD
+    return base
+
+
+def _allocate(nbytes: int) -> int:
+    base = _reserve(nbytes)
     _memory[base] = bytearray([_UNINITIALISED]) * nbytes
     bisect.insort(_bases, base)
     _state["used"] += nbytes
+    return base
+
+
+def _map_host(raw: np.ndarray) -> int:
+    """A device address for page-locked host bytes: the GPU reads and writes ``raw`` itself."""
+    base = _reserve(raw.nbytes)
+    _memory[base] = raw
+    bisect.insort(_bases, base)
     return base
 
 
@@ -204,7 +272,8 @@ def _release(base: int) -> None:
     block = _memory.pop(base, None)
     if block is not None:
         _bases.remove(base)
-        _state["used"] -= len(block)
+        if isinstance(block, bytearray):  # mapped host memory never counted as device memory
+            _state["used"] -= len(block)
 
 
 def _locate(address: int, nbytes: int) -> Optional[Tuple[bytearray, int]]:
@@ -226,7 +295,7 @@ def _read(address: int, nbytes: int) -> bytes:
     if found is None:
         raise _Fault(f"read of {nbytes} bytes at 0x{int(address):x} outside any live allocation")
     block, offset = found
-    return bytes(block[offset:offset + nbytes])
+    return bytes(memoryview(block)[offset:offset + nbytes])
 
 
 def _write(address: int, data: bytes) -> None:
@@ -234,7 +303,7 @@ def _write(address: int, data: bytes) -> None:
     if found is None:
         raise _Fault(f"write of {len(data)} bytes at 0x{int(address):x} outside any live allocation")
     block, offset = found
-    block[offset:offset + len(data)] = data
+    memoryview(block)[offset:offset + len(data)] = data
 
 
 class DeviceAllocation:
@@ -285,23 +354,86 @@ def _device_pointer(value: Any) -> int:
 # --- host memory ----------------------------------------------------------------------
 
 _pinned: Dict[int, Tuple[int, int]] = {}
+_ALL_HOST_FLAGS = host_alloc_flags.PORTABLE | host_alloc_flags.DEVICEMAP | host_alloc_flags.WRITECOMBINED
 
 
 def _pointer(array: np.ndarray) -> int:
     return int(array.__array_interface__["data"][0])
 
 
+def _strides(dims: Tuple[int, ...], itemsize: int, order: str) -> Optional[Tuple[int, ...]]:
+    """numpy's strides for ``order``; None means C order to ``__array_interface__``."""
+    if order == "C":
+        return None
+    if order != "F":
+        raise _fail("numpy_empty", "invalid argument", detail="unrecognized order specifier")
+    steps, step = [], itemsize
+    for size in dims:
+        steps.append(step)
+        step *= max(size, 1)
+    return tuple(steps)
+
+
+class HostPointer:
+    """Page-locked host memory; pycuda's arrays from ``pagelocked_empty`` hold one as ``.base``."""
+
+    __slots__ = ("_owner", "_interface", "_device", "_finalizer", "__weakref__")
+
+    def __init__(self, owner: np.ndarray, nbytes: int, interface: Dict[str, Any], mapped: bool) -> None:
+        self._owner, self._interface = owner, interface
+        self._device = _map_host(owner[:nbytes]) if mapped else None
+        _pinned[id(self)] = (_pointer(owner), _pointer(owner) + nbytes)
+        self._finalizer = weakref.finalize(self, _unpin, id(self), self._device)
+
+    @property
+    def __array_interface__(self) -> Dict[str, Any]:
+        return self._interface
+
+    def get_device_pointer(self) -> int:
+        """The address at which the GPU sees this memory (cuMemHostGetDevicePointer)."""
+        _require_context("cuMemHostGetDevicePointer")
+        if not self._finalizer.alive:
+            raise _fail("cuMemHostGetDevicePointer", "invalid argument", detail="the memory was freed")
+        if self._device is None:
+            why = ("allocated without host_alloc_flags.DEVICEMAP" if _CAN_MAP_HOST_MEMORY
+                   else "this GPU cannot map host memory (CAN_MAP_HOST_MEMORY is 0)")
+            raise _fail("cuMemHostGetDevicePointer", "invalid argument", detail=f"not mapped: {why}")
+        return self._device
+
+
+class PagelockedHostAllocation(HostPointer):
+    __slots__ = ()
+
+    def free(self) -> None:
+        if not self._finalizer.alive:
+            raise _fail("pagelocked_host_allocation::free", "invalid resource handle")
+        self._finalizer()
+
+
+HostAllocation = PagelockedHostAllocation  # pycuda's deprecated name for the same class
+
+
+def _unpin(key: int, device: Optional[int]) -> None:
+    _pinned.pop(key, None)
+    if device is not None:
+        _release(device)
+
+
 def pagelocked_empty(shape: Any, dtype: Any, order: str = "C", mem_flags: int = 0) -> np.ndarray:
-    """Page-locked host memory: a numpy array that async copies accept."""
+    """Page-locked host memory: a numpy array that async copies accept; with
+    ``host_alloc_flags.DEVICEMAP`` (and a GPU that can map host memory) also visible to the
+    GPU at ``array.base.get_device_pointer()``."""
     _require_context("cuMemHostAlloc")
+    if int(mem_flags) & ~_ALL_HOST_FLAGS:
+        raise _fail("cuMemHostAlloc", "invalid argument", detail=f"unknown flags 0x{int(mem_flags):x}")
     dims = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
     kind = np.dtype(dtype)
     nbytes = kind.itemsize * int(np.prod(dims, dtype=np.int64))
     owner = np.full(max(nbytes, 1), _UNINITIALISED, np.uint8)
-    key = id(owner)
-    _pinned[key] = (_pointer(owner), _pointer(owner) + nbytes)
-    weakref.finalize(owner, _pinned.pop, key, None)
-    return owner[:nbytes].view(kind).reshape(dims, order=order)
+    interface = {"shape": dims, "typestr": kind.str, "strides": _strides(dims, kind.itemsize, order),
+                 "data": (_pointer(owner), False), "version": 3}
+    mapped = bool(int(mem_flags) & host_alloc_flags.DEVICEMAP) and bool(_CAN_MAP_HOST_MEMORY)
+    return np.asarray(PagelockedHostAllocation(owner, nbytes, interface, mapped))  # .base is the allocation
 
 
 def pagelocked_zeros(shape: Any, dtype: Any, order: str = "C", mem_flags: int = 0) -> np.ndarray:
@@ -511,6 +643,7 @@ def _check_device_range(address: int, nbytes: int, routine: str) -> None:
 
 def memcpy_htod(dest: Any, src: Any) -> None:
     _require_context("cuMemcpyHtoD")
+    _copies.append("cuMemcpyHtoD")
     raw, address = _host_bytes(src, writable=False), _device_pointer(dest)
     _check_device_range(address, raw.nbytes, "cuMemcpyHtoD")
     _drain_all("cuMemcpyHtoD")
@@ -519,6 +652,7 @@ def memcpy_htod(dest: Any, src: Any) -> None:
 
 def memcpy_dtoh(dest: Any, src: Any) -> None:
     _require_context("cuMemcpyDtoH")
+    _copies.append("cuMemcpyDtoH")
     raw, address = _host_bytes(dest, writable=True), _device_pointer(src)
     _check_device_range(address, raw.nbytes, "cuMemcpyDtoH")
     _drain_all("cuMemcpyDtoH")
@@ -527,6 +661,7 @@ def memcpy_dtoh(dest: Any, src: Any) -> None:
 
 def memcpy_htod_async(dest: Any, src: Any, stream: Optional[Stream] = None) -> None:
     _require_context("cuMemcpyHtoDAsync")
+    _copies.append("cuMemcpyHtoDAsync")
     raw, address = _host_bytes(src, writable=False), _device_pointer(dest)
     _require_pagelocked(raw, "memcpy_htod_async", "src")
     _check_device_range(address, raw.nbytes, "cuMemcpyHtoDAsync")
@@ -536,6 +671,7 @@ def memcpy_htod_async(dest: Any, src: Any, stream: Optional[Stream] = None) -> N
 
 def memcpy_dtoh_async(dest: Any, src: Any, stream: Optional[Stream] = None) -> None:
     _require_context("cuMemcpyDtoHAsync")
+    _copies.append("cuMemcpyDtoHAsync")
     raw, address = _host_bytes(dest, writable=True), _device_pointer(src)
     _require_pagelocked(raw, "memcpy_dtoh_async", "dest")
     _check_device_range(address, raw.nbytes, "cuMemcpyDtoHAsync")
@@ -548,6 +684,7 @@ def memcpy_dtoh_async(dest: Any, src: Any, stream: Optional[Stream] = None) -> N
 
 def memcpy_dtod(dest: Any, src: Any, size: int) -> None:
     _require_context("cuMemcpyDtoD")
+    _copies.append("cuMemcpyDtoD")
     target, source = _device_pointer(dest), _device_pointer(src)
     _check_device_range(source, int(size), "cuMemcpyDtoD")
     _check_device_range(target, int(size), "cuMemcpyDtoD")
@@ -557,6 +694,7 @@ def memcpy_dtod(dest: Any, src: Any, size: int) -> None:
 
 def memcpy_dtod_async(dest: Any, src: Any, size: int, stream: Optional[Stream] = None) -> None:
     _require_context("cuMemcpyDtoDAsync")
+    _copies.append("cuMemcpyDtoDAsync")
     target, source = _device_pointer(dest), _device_pointer(src)
     _check_device_range(source, int(size), "cuMemcpyDtoDAsync")
     _check_device_range(target, int(size), "cuMemcpyDtoDAsync")

@@ -140,6 +140,32 @@ class DeviceType(_PyEnum):
     DLA = 1
 
 
+class LayerType(_PyEnum):
+    CONVOLUTION = 0
+    ACTIVATION = 2
+    POOLING = 3
+    SCALE = 5
+    SOFTMAX = 6
+    CONCATENATION = 8
+    ELEMENTWISE = 9
+    UNARY = 11
+    SHUFFLE = 13
+    PADDING = 14
+    SLICE = 15
+    REDUCE = 16
+    CONSTANT = 18
+    IDENTITY = 20
+    MATRIX_MULTIPLY = 21
+    GATHER = 17
+    QUANTIZE = 33
+    DEQUANTIZE = 34
+
+
+class LayerInformationFormat(_PyEnum):
+    ONELINE = 0
+    JSON = 1
+
+
 class CalibrationAlgoType(_PyEnum):
     LEGACY_CALIBRATION = 0
     ENTROPY_CALIBRATION = 1
@@ -313,6 +339,46 @@ class INetworkDefinition:
 
     def get_output(self, index: int) -> Optional[ITensor]:
         return self._outputs[index] if 0 <= index < len(self._outputs) else None
+
+    def get_layer(self, index: int) -> Optional["ILayer"]:
+        if self._model is None or not 0 <= index < len(self._model.graph.node):
+            return None
+        node = self._model.graph.node[index]
+        return ILayer(node.name or f"{node.op_type}_{index}", _LAYER_TYPES.get(node.op_type, LayerType.UNARY))
+
+
+# The ONNX parser's layer for each ONNX operator (the emulator's table).
+_LAYER_TYPES = {"Conv": LayerType.CONVOLUTION, "Relu": LayerType.ACTIVATION, "Clip": LayerType.ACTIVATION,
+                "Sigmoid": LayerType.ACTIVATION, "MaxPool": LayerType.POOLING, "AveragePool": LayerType.POOLING,
+                "GlobalAveragePool": LayerType.POOLING, "ReduceMean": LayerType.REDUCE,
+                "BatchNormalization": LayerType.SCALE, "Softmax": LayerType.SOFTMAX, "Concat": LayerType.CONCATENATION,
+                "Add": LayerType.ELEMENTWISE, "Sub": LayerType.ELEMENTWISE, "Mul": LayerType.ELEMENTWISE,
+                "Slice": LayerType.SLICE, "Pad": LayerType.PADDING, "Flatten": LayerType.SHUFFLE, "Reshape": LayerType.SHUFFLE, "Transpose": LayerType.SHUFFLE,
+                "Constant": LayerType.CONSTANT, "Identity": LayerType.IDENTITY, "Gemm": LayerType.MATRIX_MULTIPLY,
+                "MatMul": LayerType.MATRIX_MULTIPLY, "Gather": LayerType.GATHER,
+                "QuantizeLinear": LayerType.QUANTIZE, "DequantizeLinear": LayerType.DEQUANTIZE}
+# What the emulated DLA runs: convolutions, activations, pooling, scales, element-wise, concat,
+# softmax, shuffles, slices, padding, Q/DQ. Not NVIDIA's table (which only hardware can settle): a deterministic stand-in,
+# under which a ResNet's classifier head (Gemm), reductions and gathers fall back to the GPU.
+_DLA_LAYERS = {LayerType.CONVOLUTION, LayerType.ACTIVATION, LayerType.POOLING, LayerType.SCALE, LayerType.SOFTMAX,
+               LayerType.CONCATENATION, LayerType.ELEMENTWISE, LayerType.SHUFFLE, LayerType.SLICE,
+               LayerType.PADDING, LayerType.QUANTIZE,
+               LayerType.DEQUANTIZE, LayerType.IDENTITY}
+
+
+class ILayer:
+    __slots__ = ("_name", "_type")
+
+    def __init__(self, name: str, layer_type: Any) -> None:
+        self._name, self._type = name, layer_type
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def type(self) -> Any:
+        return self._type
 
 
 class ParserError:
@@ -620,6 +686,13 @@ class IBuilderConfig:
     def DLA_core(self, core: int) -> None:  # noqa: N802
         self._dla_core = int(core)
 
+    def can_run_on_DLA(self, layer: "ILayer") -> bool:  # noqa: N802 - TensorRT's name
+        """The layer's type is one the DLA runs, and a reduced precision is allowed (the DLA
+        has no FP32)."""
+        if not isinstance(layer, ILayer):
+            raise TypeError("can_run_on_DLA(): incompatible function arguments: expected tensorrt.ILayer")
+        return layer.type in _DLA_LAYERS and any(n in ("FP16", "INT8") for n in self._flag_names())
+
     def create_timing_cache(self, serialized_timing_cache: Any) -> ITimingCache:
         """An empty blob gives a new cache; a blob TensorRT cannot read is reported and a new
         cache returned ("The timing cache will not be used!"), as TensorRT does."""
@@ -715,13 +788,14 @@ def _build(logger: ILogger, network: INetworkDefinition, config: IBuilderConfig)
     if strongly_typed and precision:
         raise _BuildError(f"Error Code 3: API Usage Error (BuilderFlag::k{precision[0]} is not allowed "
                           f"for a strongly typed network)")
-    on_gpu = _check_dla(logger, config, profiles)
+    placement = _place_layers(logger, network, config, profiles)
     calibration = _maybe_calibrate(logger, network, config, profiles)
     _use_timing_cache(logger, network, config)
     name, capability = _gpu()
     header = {"tensorrt": __version__, "gpu": name, "compute_capability": capability,
-              "flags": config._flag_names(), "device": "DLA" if not on_gpu else "GPU",
-              "dla_core": config._dla_core if not on_gpu else -1,
+              "flags": config._flag_names(), "typing": "strong" if strongly_typed or _MODE >= (11, 0) else "weak",
+              "device": "DLA" if "DLA" in placement.values() else "GPU",
+              "dla_core": config._dla_core if "DLA" in placement.values() else -1, "layers": placement,
               "optimization_level": config._level, "profiles": profiles, "calibration": calibration,
               "io": [{"name": t.name, "mode": "INPUT" if t._is_input else "OUTPUT", "dtype": t.dtype.name,
                       "symbols": t._symbols} for t in network._inputs + network._outputs]}
@@ -768,26 +842,32 @@ def _check_against_network(name: str, network_shape: Dims, shapes: List[Dims], i
                               f"opt={opt[axis]}, max={high[axis]}), expected min=opt=max={expected}).)")
 
 
-def _check_dla(logger: ILogger, config: IBuilderConfig, profiles: List[Dict[str, Any]]) -> bool:
-    """True when the engine runs on the GPU. DLA needs a core the device has, FP16 or INT8,
-    and static shapes; without GPU_FALLBACK anything else fails the build."""
+def _place_layers(logger: ILogger, network: INetworkDefinition, config: IBuilderConfig,
+                  profiles: List[Dict[str, Any]]) -> Dict[str, str]:
+    """Layer name → "GPU" or "DLA". DLA needs a core the device has, FP16 or INT8, static
+    shapes and layers it runs; what it cannot run goes to the GPU with GPU_FALLBACK, and
+    without it the build fails."""
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
     if config._device_type != DeviceType.DLA:
-        return True
+        return {layer.name: "GPU" for layer in layers}
     if not 0 <= config._dla_core < NUM_DLA_CORES[0]:
         raise _BuildError(f"2: Error Code 2: Internal Error (DLA core {config._dla_core} requested, this "
                           f"device has {NUM_DLA_CORES[0]} DLA core(s))")
     fallback = config.get_flag(BuilderFlag.GPU_FALLBACK)
-    reduced = any(n in ("FP16", "INT8") for n in config._flag_names()) or _MODE >= (11, 0)
+    reduced = any(n in ("FP16", "INT8") for n in config._flag_names())
     dynamic = any(shapes[0] != shapes[2] for profile in profiles for shapes in profile.values())
     reasons = ([] if reduced else ["DLA runs only FP16 or INT8 layers and neither flag is set"]) + \
               (["DLA supports only static shapes (min = opt = max) and the profile is dynamic"] if dynamic else [])
-    if not reasons:
-        return False
-    if not fallback:
+    refused = [layer.name for layer in layers if reasons or not config.can_run_on_DLA(layer)]
+    if refused and not fallback:
+        why = "; ".join(reasons) or f"layer {refused[0]} cannot run on DLA"
         raise _BuildError(f"2: Error Code 2: Internal Error (cannot build for DLA core {config._dla_core}: "
-                          f"{'; '.join(reasons)}; GPU_FALLBACK is not set)")
-    _log(logger, "WARNING", f"{'; '.join(reasons)}: every layer falls back to the GPU (GPU_FALLBACK)")
-    return True
+                          f"{why}; GPU_FALLBACK is not set)")
+    if reasons:
+        _log(logger, "WARNING", f"{'; '.join(reasons)}: every layer falls back to the GPU (GPU_FALLBACK)")
+    for name in refused if not reasons else []:
+        _log(logger, "WARNING", f"Layer '{name}' is not supported on DLA, falling back to GPU.")
+    return {layer.name: "GPU" if layer.name in refused else "DLA" for layer in layers}
 
 
 def _use_timing_cache(logger: ILogger, network: INetworkDefinition, config: IBuilderConfig) -> None:
@@ -1036,8 +1116,38 @@ class ICudaEngine:
     def create_execution_context(self) -> "IExecutionContext":
         return IExecutionContext(self)
 
+    def create_engine_inspector(self) -> "EngineInspector":
+        return EngineInspector(self)
+
     def serialize(self) -> IHostMemory:
         return IHostMemory(self._plan)
+
+
+class EngineInspector:
+    """Layer names as TensorRT's inspector gives them at the default verbosity: a run of
+    consecutive DLA layers is one ``{ForeignNode[first...last]}`` layer."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: ICudaEngine) -> None:
+        self._engine = engine
+
+    def get_engine_information(self, format: Any) -> str:  # noqa: A002 - TensorRT's name
+        names: List[str] = []
+        run: List[str] = []
+        for name, device in list(self._engine._header.get("layers", {}).items()) + [("", "GPU")]:
+            if device == "DLA":
+                run.append(name)
+                continue
+            if run:
+                names.append(f"{{ForeignNode[{run[0]}...{run[-1]}]}}")
+                run = []
+            if name:
+                names.append(name)
+        bindings = [t.name for t in self._engine._tensors]
+        if format == LayerInformationFormat.JSON:
+            return json.dumps({"Layers": names, "Bindings": bindings})
+        return "\n".join(names + bindings)
 
 
 class IExecutionContext:
