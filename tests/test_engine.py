@@ -308,3 +308,31 @@ def test_a_calibrator_profile_calibrates_from_the_run_tensors_with_a_keyed_cache
     with pytest.raises(StaleArtifactError, match="made for another onnx"):  # a cache of unknown origin
         engine.build_one(trt, run, profile, "int8", IDENTITY)
     cache_path.unlink()
+
+
+def test_weak_fp16_typing_changes_the_numbers_and_strong_typing_keeps_onnx_runtimes(quantized_run,
+                                                                                    trt_emulator) -> None:
+    """Why the semantics matter: the strongly typed INT8 engine computes what ONNX Runtime
+    computes on the Q/DQ file (the accuracy we report); the weakly typed one with FP16 allowed
+    (``unquantized_fp16``) rounds the unquantized layers through FP16 (EMULATED: Cast pairs
+    in ONNX Runtime), so its logits move while its answers barely do."""
+    import numpy as np
+
+    from pipeline.runners.onnxruntime_runner import OnnxRuntimeRunner
+    from pipeline.runners.tensorrt_runner import TensorRTRunner
+
+    from pipeline.device.crosscheck import image_batches
+
+    trt, run = trt_emulator.trt, quantized_run.run_dir
+    _, batches = image_batches(quantized_run, run / "model.int8.onnx", 8)  # real val images
+    x = np.concatenate([b["input"] for b in batches])
+    expected = OnnxRuntimeRunner(run / "model.int8.onnx").run(x)
+    logits = {}
+    for name, changes in (("strong", {}), ("weak", {"unquantized_fp16": True})):
+        path = run / f"model.int8.{name}.engine"
+        path.write_bytes(build_engine(trt, request_for(quantized_run, "jetson-orin-nano", **changes)).plan)
+        logits[name] = TensorRTRunner(path, trt, trt_emulator.cuda).run(x)
+        path.unlink()
+    np.testing.assert_allclose(logits["strong"], expected, rtol=1e-6, atol=1e-6)
+    moved = np.abs(logits["weak"] - expected).max()
+    assert 1e-4 < moved < 0.5 and (logits["weak"].argmax(1) == expected.argmax(1)).mean() >= 0.98

@@ -38,7 +38,11 @@ contract instead of a happy path:
   ENQUEUES on that pycuda stream an operation that reads the inputs from emulated device
   memory, runs the ONNX with ONNX Runtime (CPU, one session per engine) and writes the
   outputs to device memory. The numbers are therefore ONNX Runtime's on the ONNX the plan
-  holds (FP16/INT8 flags and implicit calibration do not change them).
+  holds, with one exception: a weakly typed engine built with the FP16 flag lets TensorRT
+  run unquantized layers in FP16, so its float weights and every float activation outside
+  Q/DQ are rounded through FP16 (a Cast pair after each such layer), while a strongly typed
+  or FP32 engine computes exactly what ONNX Runtime computes on the file. Implicit
+  calibration does not change them (the cache's scales are not applied).
 
 Test hooks (module-level lists, not TensorRT API): CALLS records calls, LOG records every
 (severity, message) the emulator logs, NUM_DLA_CORES holds the device's DLA count
@@ -1066,6 +1070,8 @@ class ICudaEngine:
 
         self._header, self._onnx, self._plan, self._logger = header, onnx_bytes, plan, logger
         self._tensors = [_TensorInfo(record) for record in header["io"]]
+        if header.get("typing") == "weak" and "FP16" in header["flags"]:
+            onnx_bytes = _fp16_storage(onnx_bytes)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1  # no idle thread pool spinning beside other runners
         options.inter_op_num_threads = 1
@@ -1121,6 +1127,61 @@ class ICudaEngine:
 
     def serialize(self) -> IHostMemory:
         return IHostMemory(self._plan)
+
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _fp16_storage(onnx_bytes: bytes) -> bytes:
+    """The model as a weakly typed FP16 engine computes it: float weights rounded to FP16
+    (Q/DQ scales stay FP32, as TensorRT keeps them) and each float output of a layer outside
+    Q/DQ rounded through FP16."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.shape_inference.infer_shapes(onnx.load_from_string(onnx_bytes))
+    graph = model.graph
+    floats = {v.name for v in list(graph.value_info) + list(graph.output) if v.type.tensor_type.elem_type == 1}
+    scales = {name for node in graph.node if node.op_type in _QDQ for name in node.input[1:]}
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.data_type == 1 and tensor.name not in scales:
+            rounded = numpy_helper.to_array(tensor).astype(np.float16).astype(np.float32)
+            graph.initializer[index].CopyFrom(numpy_helper.from_array(rounded, tensor.name))
+    casts = []
+    for node in graph.node:
+        if node.op_type in _QDQ:
+            continue
+        for slot, name in enumerate(node.output):
+            if name in floats:
+                node.output[slot] = f"{name}__fp32"
+                casts += [helper.make_node("Cast", [f"{name}__fp32"], [f"{name}__fp16"], to=10),
+                          helper.make_node("Cast", [f"{name}__fp16"], [name], to=1)]
+    graph.node.extend(casts)
+    order = _topological([_copy(n) for n in graph.node], {i.name for i in graph.input} | {t.name for t in graph.initializer})
+    del graph.node[:]
+    graph.node.extend(order)
+    return model.SerializeToString()
+
+
+def _topological(nodes: List[Any], ready: set) -> List[Any]:
+    """ONNX wants producers before consumers: the appended Cast pairs, put in place."""
+    ordered, pending = [], list(nodes)
+    while pending:
+        runnable = [n for n in pending if all(not i or i in ready for i in n.input)]
+        if not runnable:
+            raise RuntimeError("emulated FP16 rendering: the graph has a cycle or a missing input")
+        for node in runnable:
+            ordered.append(node)
+            ready.update(node.output)
+        done = {id(n) for n in runnable}
+        pending = [n for n in pending if id(n) not in done]
+    return ordered
+
+
+def _copy(node: Any) -> Any:
+    fresh = type(node)()
+    fresh.CopyFrom(node)
+    return fresh
 
 
 class EngineInspector:
