@@ -144,7 +144,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("make-clip", "pipeline.device.camera.clip", "a labelled replay clip from an image folder",
           "Write a video of images from --data (a tree's val split, or one split) with slow drift "
           "and zoom, and <clip>.labels.json beside it, for `camera --source replay:<clip>`.",
-          (Flag("--out", "camera.out", "the clip to write (.avi or .mp4)"),)),
+          (Flag("--out", "camera.out", "the clip to write: .avi (MJPEG), .mp4, .mkv (FFV1), or "
+                                       "folder/%%06d.png (lossless, any OpenCV)"),)),
     Stage("bench-camera", "pipeline.workstation.camera_bench", "camera loop: per-stage time and end-to-end FPS",
           "On replay clips from the val split at 640x480 and 224x224: decode, preprocess, INT8 "
           "and FP32 inference timed alone, then the loop's FPS; writes bench/camera.json.",

@@ -263,12 +263,18 @@ class CameraConfig:
     frames_per_image: int = 10
     clip_size: Tuple[int, int] = (640, 480)
     clip_motion: float = 0.1      # drift/zoom of replay clips, as a fraction of the view
+    int8_threads: int = 0         # threads per stage; 0: the cores the other stages leave
+    fp32_threads: int = 1         # the FP32 shadow's (it skips frames rather than stall INT8)
+    opencv_threads: int = 1       # OpenCV's pool: decode, resize, drawing
 
     def __post_init__(self) -> None:
         _require(self.shadow_every >= 1, "camera.shadow_every", "an integer >= 1", self.shadow_every)
         _require(0 <= self.smoothing < 1, "camera.smoothing", "0 <= x < 1", self.smoothing)
         _require(-1 <= self.preview_port <= 65535, "camera.preview_port",
                  "-1 (off), 0 (any free port) or a port up to 65535", self.preview_port)
+        _require(min(self.int8_threads, self.fp32_threads, self.opencv_threads) >= 0,
+                 "camera.int8_threads/fp32_threads/opencv_threads", "0 (automatic) or a positive count",
+                 (self.int8_threads, self.fp32_threads, self.opencv_threads))
         _require(self.retries >= 0 and self.max_frames >= 0 and self.clip_images >= 0,
                  "camera.retries/max_frames/clip_images", "integers >= 0",
                  (self.retries, self.max_frames, self.clip_images))

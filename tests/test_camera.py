@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.device import evaluate
-from pipeline.device.camera import loop
+from pipeline.device.camera import loop, stages
 from pipeline.device.camera.capture import END, Capture
 from pipeline.device.camera.clip import make_clip
 from pipeline.device.camera.sources import (CsiRequest, FrameSource, accepts_bgrx, bgrx_to_bgr, csi_pipeline,
@@ -63,7 +63,9 @@ def test_replay_clip_through_the_live_path(quantized_run, tmp_path) -> None:
     assert record["frames"] == 120 and record["shadow_frames"] == 60
     assert record["int8_accuracy"] > 0.6 and record["fp32_accuracy"] > 0.6
     assert record["top1_agreement"] >= 0.8
-    assert set(record["latency_ms"]) == {"capture_wait", "preprocess", "int8", "fp32", "frame"}
+    assert set(record["latency_ms"]) == {"capture_wait", "preprocess", "int8", "fp32", "frame", "output",
+                                         "capture_to_label"}
+    assert record["shown_frames"] == 120 and record["results_dropped"] == 0 and record["shadow_skipped"] == 0
     assert record["latency_ms"]["fp32"]["count"] == 60
     reader = cv2.VideoCapture(str(video))
     assert int(reader.get(cv2.CAP_PROP_FRAME_COUNT)) == 120
@@ -149,7 +151,7 @@ def test_bgrx_frames_become_bgr() -> None:
     assert bgr.shape == (12, 16, 3) and bgr.dtype == np.uint8 and bgr.flags["C_CONTIGUOUS"]
     assert (bgr[0, 0] == (10, 120, 250)).all() and (bgr[2, 3] == (1, 2, 3)).all()
     assert np.array_equal(bgr, frame[..., :3])
-    loop.expect_frame(bgr, "csi://0")
+    stages.expect_frame(bgr, "csi://0")
     with pytest.raises(DataError, match=r"expected a \(H, W, 4\) BGRx frame .*\(12, 16, 3\)"):
         bgrx_to_bgr(bgr)
 
@@ -297,4 +299,4 @@ def test_still_clip_accuracy_matches_offline_evaluation(quantized_run, val_subse
 
 def test_a_frame_of_the_wrong_shape_is_named() -> None:
     with pytest.raises(DataError, match=r"cam0: frame of unexpected size or channels \(32, 32\)"):
-        loop.expect_frame(np.zeros((32, 32), np.uint8), "cam0")
+        stages.expect_frame(np.zeros((32, 32), np.uint8), "cam0")

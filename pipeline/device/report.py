@@ -305,8 +305,15 @@ def render_html(summary: dict[str, Any], md: str, images: list[Path]) -> str:
 
 
 def latest_camera(out: Path) -> dict[str, Any] | None:
-    sessions = sorted((out / "camera").glob("*.json"))
-    return read_json(sessions[-1]) if sessions else None
+    """The newest camera session that classified frames. Skipped: a loop that failed before its
+    first frame (status "error: ...", no frames: nothing it measured is a session's figure), a
+    name just claimed for a summary being written (empty), a temporary file (hidden)."""
+    names = sorted(p for p in (out / "camera").glob("*.json") if not p.name.startswith("."))
+    for path in reversed(names):
+        record = read_json(path) if path.stat().st_size else None
+        if isinstance(record, dict) and record.get("frames"):
+            return record
+    return None
 
 
 def config_hash(cfg: Config) -> str:

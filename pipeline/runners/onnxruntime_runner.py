@@ -24,6 +24,9 @@ class OnnxRuntimeRunner:
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no idle spinning: a session waiting for its next batch must not burn the cores that
+        # another runner or the camera loop's other stages are using (DESIGN, Runtimes)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.threads = options.intra_op_num_threads
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -1,6 +1,10 @@
 """Capture in its own thread. A live source keeps only the newest frame (the loop never
 works on stale video; dropped frames are counted); a file is read in order, every frame.
-A live source that stops is reopened with back-off, then reported as lost."""
+A live source that stops is reopened with back-off, then reported as lost.
+
+What the thread hands over last (the file's last frames, an exception) always reaches the
+loop before END: END waits for room like any item and never displaces one. Only ``stop()``
+lets the thread give up on a full queue, because then the loop no longer reads it."""
 from __future__ import annotations
 
 import queue
@@ -16,15 +20,20 @@ END = object()
 
 
 class Capture(threading.Thread):
-    """Reads ``source`` until it ends or ``stop()``; ``get()`` hands frames to the loop."""
+    """Reads ``source`` until it ends or ``stop()``; ``get()`` hands frames to the loop.
+    The thread owns the source: it releases it when it ends, and releases a source it
+    replaces by a reopened one."""
 
     def __init__(self, source: FrameSource, reopen: Callable[[], FrameSource] | None = None,
-                 retries: int = 3, backoff_s: float = 0.5) -> None:
-        super().__init__(daemon=True)
+                 retries: int = 3, backoff_s: float = 0.5, join_s: float = 5.0) -> None:
+        super().__init__(daemon=True, name="capture")
         self.source, self.reopen, self.retries, self.backoff_s = source, reopen, retries, backoff_s
+        self.join_s = join_s
         self.frames: queue.Queue = queue.Queue(maxsize=1 if source.live else 8)
         self.dropped, self.reconnects, self.lost = 0, 0, False
         self.stopping = threading.Event()
+        self._open: FrameSource | None = source  # not yet released
+        self._release_lock = threading.Lock()
 
     def run(self) -> None:
         try:
@@ -32,46 +41,76 @@ class Capture(threading.Thread):
                 for frame, label in self.source.frames:
                     if self.stopping.is_set():
                         break
-                    self._put((frame, label))
-                if self.stopping.is_set() or not self.source.live or not self._reconnect():
+                    # stamped as it leaves the camera: the loop's capture-to-label latency starts here
+                    self._put((frame, label, time.perf_counter()), newest_only=self.source.live)
+                ended = not self.source.live or not self.source.reopen  # a paced source ends for good
+                if self.stopping.is_set() or ended or not self._reconnect():
                     break
         except Exception as exc:  # handed to the loop, which reports it with the summary
             self._put(exc)
         finally:
-            self._put(END, force=True)
-            if self.source is not None:
-                self.source.close()
+            self._put(END)
+            self._release()
 
-    def get(self, timeout: float = 10.0) -> tuple[np.ndarray, str | None] | object:
+    def get(self, timeout: float = 10.0) -> tuple[np.ndarray, str | None, float] | object:
+        """(frame, label, the perf_counter time it was captured), an exception, or END."""
         return self.frames.get(timeout=timeout)
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """End the thread and release the source; True once both are done. A thread in a
+        ``put`` gives up within 0.1 s; one in a camera's read ends when the read returns
+        (the stream's read timeout bounds that, see ``open_source``). The source is not
+        released under a read still running after ``join_s``: OpenCV's capture is not
+        thread-safe, and the thread releases it itself when the read returns."""
         self.stopping.set()
+        if self.ident is not None:  # started
+            self.join(timeout=self.join_s)
+            if self.is_alive():
+                return False
+        self._release()
+        return True
 
-    def _put(self, item: object, force: bool = False) -> None:
-        if self.source.live and not force:
-            try:  # keep only the newest frame
-                self.frames.get_nowait()
-                self.dropped += 1
-            except queue.Empty:
-                pass
-        while not self.stopping.is_set() or force:
+    def _put(self, item: object, newest_only: bool = False) -> bool:
+        """Queue ``item`` for the loop, waiting for room; a live frame first takes the place
+        of a stale one. Gives up (False) only once stopping: nobody reads any more."""
+        if newest_only:
+            self._drop_stale()
+        while True:
             try:
                 self.frames.put(item, timeout=0.1)
-                return
+                return True
             except queue.Full:
-                if force:
-                    self.frames.get_nowait()
+                if self.stopping.is_set():
+                    return False
+
+    def _drop_stale(self) -> None:
+        try:  # the loop may take it first: then there is nothing to drop
+            self.frames.get_nowait()
+            self.dropped += 1
+        except queue.Empty:
+            pass
 
     def _reconnect(self) -> bool:
-        for attempt in range(self.retries):
-            time.sleep(self.backoff_s * 2 ** attempt)
+        """Release the stream that stopped (a V4L2 device opens again only once let go), then
+        reopen with back-off; False (lost) after ``retries`` failures or with no ``reopen``."""
+        self._release()
+        for attempt in range(self.retries if self.reopen else 0):
+            if self.stopping.wait(self.backoff_s * 2 ** attempt):
+                return False
             try:
-                self.source = self.reopen() if self.reopen else None
+                source = self.reopen()
             except Exception:  # noqa: BLE001 - any failure to reopen counts as one try
                 continue
-            if self.source is not None:
-                self.reconnects += 1
-                return True
+            with self._release_lock:
+                self.source = self._open = source
+            self.reconnects += 1
+            return True
         self.lost = True
         return False
+
+    def _release(self) -> None:
+        """Release the current source once, whoever comes first: the thread or ``stop()``."""
+        with self._release_lock:
+            source, self._open = self._open, None
+        if source is not None:
+            source.close()

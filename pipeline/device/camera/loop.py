@@ -3,8 +3,9 @@ against the FP32 reference on every Nth frame, on the same input.
 
 Every frame goes through the deployment preprocessing (``Preprocessing.prepare``, the
 code evaluation and calibration use) after OpenCV's BGR is turned into RGB; a parity check
-on the first frame proves the loop's path and the evaluation path (file → PIL) agree. The
-summary JSON is written however the loop ends: end of file, lost camera, q/Esc, Ctrl-C.
+on the first frame holds the loop's path to an independent reference of that definition
+(``check_preprocessing_parity``). The summary JSON is written however the loop ends: end of
+file, lost camera, q/Esc, Ctrl-C.
 """
 from __future__ import annotations
 
@@ -18,15 +19,16 @@ import cv2
 import numpy as np
 
 from pipeline.artifacts import provenance, write_json
-from pipeline.device.camera.capture import END, Capture
+from pipeline.device.camera import parity
+from pipeline.device.camera.capture import Capture
 from pipeline.device.camera.clip import CODECS
 from pipeline.device.camera.preview import MjpegPreview
 from pipeline.device.camera.sources import FrameSource, open_source
-from pipeline.device.camera.stats import LoopStats
+from pipeline.device.camera.stages import Budget, Result, prepare, run_stages
+from pipeline.device.camera.stats import LoopStats, write_session
 from pipeline.config import CameraConfig, Config
 from pipeline.errors import DataError, PipelineError
-from pipeline.preprocess import Preprocessing, read_rgb
-from pipeline.runners.compare import softmax
+from pipeline.preprocess import Preprocessing
 from pipeline.runners.base import ModelInfo, Runner
 from pipeline.runners.registry import open_model
 from targets.detect import target_profile
@@ -35,28 +37,30 @@ from targets.detect import target_profile
 def run(cfg: Config) -> Path:
     cam = cfg.camera
     model_path, reference_path = default_models(cfg)
-    runner, info = open_model(model_path, cfg.evaluate.threads)
-    reference, ref_info = open_model(reference_path, cfg.evaluate.threads)
+    budget = Budget.from_config(cam)  # threads per stage: INT8, the FP32 shadow, OpenCV
+    runner, info = open_model(model_path, budget.int8)
+    reference, ref_info = open_model(reference_path, budget.fp32)
     require_same_classes(info, ref_info)
-    source = open_source(cam.source)
+    source = open_source(cam.source, cam.timeout_s)
     if source.classes is not None and list(info.classes) != source.classes:
         raise DataError(f"{cam.source}: labels name {len(source.classes)} classes, the model has "
                         f"{len(info.classes)}; this clip was made for another model")
-    summary_path = Path(cam.summary) if cam.summary else cfg.run_dir / "camera" / f"{int(time.time())}.json"
-    stats = LoopStats()
-    status = "ended"
+    started, stats = time.time(), LoopStats()
+    status = "error: the loop did not start"
     try:
         status = classify(source, cam, runner, reference, info, stats)
     except KeyboardInterrupt:
         status = "interrupted"
-    except PipelineError as exc:
-        status = f"error: {exc}"
+    except Exception as exc:  # any failure is an error, not "ended": a busy preview port is an OSError
+        status = f"error: {exc}" if isinstance(exc, PipelineError) else f"error: {type(exc).__name__}: {exc}"
         raise
     finally:
         stats.ended = stats.ended or time.perf_counter()
+        stats.started = stats.started or stats.ended  # failed before the first frame: no time, no FPS
         record = {**provenance("camera", {"model": model_path, "reference": reference_path}),
                   "source": cam.source, "status": status, "shadow_every": cam.shadow_every, **stats.summary()}
-        write_json(summary_path, record)
+        summary_path = (write_json(Path(cam.summary), record) if cam.summary
+                        else write_session(cfg.run_dir / "camera", started, record))
         print_summary(record, summary_path)
     return summary_path
 
@@ -81,132 +85,91 @@ def require_same_classes(info: ModelInfo, ref: ModelInfo) -> None:
 
 def classify(source: FrameSource, cam: CameraConfig, runner: Runner, reference: Runner,
              info: ModelInfo, stats: LoopStats) -> str:
-    capture = Capture(source, (lambda: open_source(cam.source)) if source.live else None, cam.retries)
-    capture.start()
-    writer, show = None, _has_display() and not cam.headless
-    stats.window = show
-    preview = MjpegPreview(cam.preview_port, cam.preview_host) if cam.preview_port >= 0 else None
+    """Capture, inference, the FP32 shadow and the output overlapped (see stages.py); the
+    output stage runs here, where OpenCV's window must live."""
+    try:  # before the capture exists: a busy port then leaves no source to release
+        preview = MjpegPreview(cam.preview_port, cam.preview_host) if cam.preview_port >= 0 else None
+    except BaseException:
+        source.close()
+        raise
     if preview is not None:
         print(f"preview: {preview.url}", flush=True)
-    smoothed: list[np.ndarray] = []
+    reopen = (lambda: open_source(cam.source, cam.timeout_s)) if source.live else None
+    capture = Capture(source, reopen, cam.retries)
+    show = _has_display() and not cam.headless
+    stats.window = show
+    writer: list = []
+
+    def output(result: Result) -> bool:
+        annotated = overlay(result.frame, result.shown, stats)
+        if cam.video_out:
+            writer[:] = [write_frame(writer[0] if writer else None, cam.video_out, annotated)]
+        if preview is not None:
+            preview.publish(annotated)
+        return show and _window(annotated)
+
     print(f"camera: reading {source.spec} ({'live' if source.live else 'in order'}); q/Esc or Ctrl-C ends",
           flush=True)
+    opencv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(Budget.from_config(cam).opencv)  # process-wide: restored when the loop ends
+    warm_up(runner, reference, info, stats)
+    capture.start()
     stats.started = time.perf_counter()
     try:
-        while not cam.max_frames or stats.frames < cam.max_frames:
-            t0 = time.perf_counter()
-            try:
-                item = capture.get(timeout=cam.timeout_s)
-            except queue.Empty:
-                return "lost: no frame within the timeout"
-            if item is END:
-                return "lost camera" if capture.lost else "ended"
-            if isinstance(item, Exception):
-                raise item
-            frame, label = item
-            stats.latency_ms["capture_wait"].append((time.perf_counter() - t0) * 1e3)
-            if stats.frames == 0:
-                check_preprocessing_parity(frame, info.preprocessing)
-            result = process(frame, label, cam, runner, reference, info, stats, smoothed)
-            stats.latency_ms["frame"].append((time.perf_counter() - t0) * 1e3)
-            annotated = overlay(frame, result, stats)
-            writer = write_frame(writer, cam.video_out, annotated)
-            if preview is not None:
-                preview.publish(annotated)
-            if show and _window(annotated):
-                return "stopped by user"
-        return "max frames"
+        return run_stages(capture, runner, reference, info, cam, stats,
+                          lambda frame: check_preprocessing_parity(frame, info.preprocessing), output)
     finally:
         stats.ended = time.perf_counter()
         capture.stop()
+        cv2.setNumThreads(opencv_threads)
         stats.dropped = capture.dropped
-        if writer is not None:
-            writer.release()
+        for item in writer:
+            item.release()
         if preview is not None:
             preview.close()
         if show:
             cv2.destroyAllWindows()
 
 
-def process(frame: np.ndarray, label: str | None, cam: CameraConfig, runner: Runner, reference: Runner,
-            info: ModelInfo, stats: LoopStats, smoothed: list[np.ndarray]) -> dict[str, Any]:
-    """One frame: INT8 (and the FP32 shadow on every Nth); accuracy and agreement use the
-    raw INT8 output, the displayed label the temporally smoothed one."""
-    expect_frame(frame, cam.source)
-    t0 = time.perf_counter()
-    x = prepare(frame, info.preprocessing)
-    t1 = time.perf_counter()
-    probs = softmax(runner.run(x)[0])
-    t2 = time.perf_counter()
-    stats.latency_ms["preprocess"].append((t1 - t0) * 1e3)
-    stats.latency_ms["int8"].append((t2 - t1) * 1e3)
-    top = int(probs.argmax())
-    truth = _label_index(label, info)
-    if truth is not None:
-        stats.labelled += 1
-        stats.int8_correct += int(top == truth)
-    if stats.frames % cam.shadow_every == 0:
-        shadow(x, probs, top, truth, reference, info, stats)
-    stats.frames += 1
-    shown = probs if not smoothed else cam.smoothing * smoothed[0] + (1 - cam.smoothing) * probs
-    smoothed[:] = [shown]
-    best = np.argsort(-shown)[: cam.top_k]
-    return {"class": info.class_names[best[0]], "confidence": float(shown[best[0]]),
-            "top_k": [(info.class_names[i], float(shown[i])) for i in best]}
+def warm_up(runner: Runner, reference: Runner, info: ModelInfo, stats: LoopStats) -> None:
+    """First calls are slow (allocations, kernel choice, OpenCV's font): pay them before the
+    camera starts, so the first live frames are not dropped while they happen."""
+    size = info.preprocessing.input_size
+    x = np.zeros((1, 3, size, size), np.float32)
+    runner.run(x)
+    reference.run(x)
+    overlay(np.zeros((64, 64, 3), np.uint8), {"class": info.class_names[0], "confidence": 0.0}, stats)
 
 
-def shadow(x: np.ndarray, probs: np.ndarray, top: int, truth: int | None, reference: Runner,
-           info: ModelInfo, stats: LoopStats) -> None:
-    """The FP32 reference on the same input: agreement, flips, confidence change."""
-    t0 = time.perf_counter()
-    ref = softmax(reference.run(x)[0])
-    stats.latency_ms["fp32"].append((time.perf_counter() - t0) * 1e3)
-    ref_top = int(ref.argmax())
-    stats.shadow_frames += 1
-    stats.agree += int(ref_top == top)
-    stats.confidence_change.append(float(probs[top] - ref[ref_top]))
-    if ref_top != top:
-        stats.flips.append({"frame": stats.frames, "int8": info.class_names[top],
-                            "fp32": info.class_names[ref_top]})
-    if truth is not None:
-        stats.fp32_labelled += 1
-        stats.fp32_correct += int(ref_top == truth)
+def check_preprocessing_parity(frame: np.ndarray, pre: Preprocessing, tolerance: float = 1e-5,
+                               live: parity.LivePath | None = None) -> None:
+    """The loop's path (``live``, by default the stages' ``prepare`` of an OpenCV BGR frame)
+    against an independent reference (:mod:`pipeline.device.camera.parity`: the evaluation
+    path's decoder, then torchvision's resize, crop and normalisation written anew), on the
+    first frame and on a generated probe frame of its size (a flat first frame would hide
+    a resize fault). The reference is torch's fixed point, bit for bit, so ``tolerance``
+    covers only float32 rounding (measured: 6e-7). A mismatch stops the loop with one line
+    naming the cause: colour order, normalisation, interpolation, or resize/crop."""
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        return  # not a frame: the stages name it
+    live = live or prepare
+    for name, image in (("the first frame", frame), ("a probe frame", parity.probe_frame(*frame.shape[:2]))):
+        cause = parity.mismatch(live(image, pre), parity.evaluation_rgb(image), pre, tolerance)
+        if cause:
+            raise DataError(f"preprocessing parity failed on {name} ({image.shape[1]}x{image.shape[0]}): {cause}")
 
 
-def prepare(frame: np.ndarray, pre: Preprocessing) -> np.ndarray:
-    """BGR frame → the model's float32 (1, 3, S, S) input, by the deployment definition."""
-    return pre.normalize(pre.prepare(frame, order="BGR")[None])
-
-
-def check_preprocessing_parity(frame: np.ndarray, pre: Preprocessing, tolerance: float = 1e-6) -> None:
-    """The loop's path (OpenCV BGR frame) against the evaluation path (a file decoded by read_rgb)
-    on the same pixels; a colour-order or resize mismatch stops the loop with the reason."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "frame.png"
-        cv2.imwrite(str(path), frame)
-        offline = pre.normalize(pre.prepare(read_rgb(path))[None])
-    live = prepare(frame, pre)
-    if np.abs(live - offline).max() > tolerance:
-        swapped = np.abs(live[:, ::-1] - offline).max() <= tolerance
-        reason = "colour order (BGR vs RGB)" if swapped else "resize/crop or normalisation"
-        raise DataError(f"preprocessing parity failed: the live path differs from evaluation by "
-                        f"{np.abs(live - offline).max():.3g} ({reason})")
-
-
-def expect_frame(frame: np.ndarray, spec: str) -> None:
-    if frame.ndim != 3 or frame.shape[2] != 3 or min(frame.shape[:2]) < 8:
-        raise DataError(f"{spec}: frame of unexpected size or channels {frame.shape}; expected (H, W, 3)")
+OVERLAY_WINDOW = 300  # frames the overlay's latency figures cover
 
 
 def overlay(frame: np.ndarray, result: dict[str, Any], stats: LoopStats) -> np.ndarray:
     out = frame.copy()
-    p = stats.percentiles("frame")
+    recent = stats.latency_ms["frame"][-OVERLAY_WINDOW:]  # the last few seconds, not the whole session
+    p50, p99 = np.percentile(recent, [50, 99]) if recent else (float("nan"), float("nan"))
     agreement = stats.agreement
     lines = [f"{result['class']} {result['confidence']:.0%}",
              f"{stats.frames / max(1e-9, time.perf_counter() - stats.started):.1f} FPS  "
-             f"p50 {p['p50']:.1f} ms  p99 {p['p99']:.1f} ms",
+             f"p50 {p50:.1f} ms  p99 {p99:.1f} ms",
              f"INT8 vs FP32 agree {agreement:.1%}" if agreement is not None else "INT8 vs FP32: -"]
     scale = max(0.35, min(1.0, frame.shape[1] / 900))
     step = int(28 * scale) + 4
@@ -231,22 +194,15 @@ def write_frame(writer: cv2.VideoWriter | None, path: str, frame: np.ndarray) ->
 
 
 def print_summary(record: dict[str, Any], path: Path) -> None:
+    """One line; a figure the session has none of (a stage that never ran: null) shows as '-'."""
+    def show(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     lat = record["latency_ms"]
-    agree = record["top1_agreement"]
-    print(f"camera: {record['frames']} frames, {record['fps']:.1f} FPS, frame p50 {lat['frame']['p50']:.1f} ms, "
-          f"INT8 p50 {lat['int8']['p50']:.2f} ms, FP32 p50 {lat['fp32']['p50']:.2f} ms, agreement "
-          f"{'-' if agree is None else format(agree, '.2%')}, accuracy INT8 "
-          f"{'-' if record['int8_accuracy'] is None else format(record['int8_accuracy'], '.2%')} "
+    print(f"camera: {record['frames']} frames, {record['fps']:.1f} FPS, frame p50 {show(lat['frame']['p50'], '.1f')} "
+          f"ms, INT8 p50 {show(lat['int8']['p50'], '.2f')} ms, FP32 p50 {show(lat['fp32']['p50'], '.2f')} ms, "
+          f"agreement {show(record['top1_agreement'], '.2%')}, accuracy INT8 {show(record['int8_accuracy'], '.2%')} "
           f"({record['status']}) -> {path}")
-
-
-def _label_index(label: str | None, info: ModelInfo) -> int | None:
-    if label is None:
-        return None
-    for names in (info.classes, info.class_names):
-        if label in names:
-            return list(names).index(label)
-    return None
 
 
 def _has_display() -> bool:

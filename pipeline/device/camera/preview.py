@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
+from pipeline.errors import DataError
+
 BOUNDARY = "edgeresnetframe"
 
 
@@ -21,7 +23,11 @@ class MjpegPreview:
         self.jpeg: bytes | None = None
         self.condition = threading.Condition()
         self.closed = False
-        self.server = ThreadingHTTPServer((host, port), self._handler())
+        try:
+            self.server = ThreadingHTTPServer((host, port), self._handler())
+        except OSError as exc:  # a port in use or not ours to bind: the user's to change
+            raise DataError(f"preview {host}:{port}: cannot listen there ({exc.strerror or exc}); "
+                            f"choose another --preview-port, or 0 for any free one") from None
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from pipeline.device.camera.clip import read_labels
+from pipeline.device.camera.paced import parse_paced
 from pipeline.errors import DataError
 
 # What a csi:// source may ask for: (lowest, highest). sensor-mode is an index into the
@@ -55,22 +56,26 @@ class FrameSource:
     frames: Iterator[tuple[np.ndarray, str | None]]
     classes: list[str] | None = None
     release: list = field(default_factory=list)
+    reopen: bool = True  # a live source that stops is reopened; a paced one ends for good
 
     def close(self) -> None:
         for item in self.release:
             item.release()
 
 
-def open_source(spec: str) -> FrameSource:
-    """Open ``spec``; a camera or file that cannot be opened is one clear error."""
+def open_source(spec: str, timeout_s: float | None = None) -> FrameSource:
+    """Open ``spec``; a camera or file that cannot be opened is one clear error. ``timeout_s``
+    bounds the opening and each read of an RTSP/HTTP stream (None: OpenCV's own, 30 s)."""
     if spec.startswith("replay:"):
         return _replay(Path(spec[len("replay:"):]))
     if spec.startswith("csi://"):
         return _open_csi(spec)
+    if spec.startswith("paced://"):  # a synthetic camera on its own clock, for measuring the loop
+        return FrameSource(spec, True, parse_paced(spec), reopen=False)
     if spec.isdigit():
         return _capture(spec, int(spec), live=True)
     if "://" in spec:
-        return _capture(spec, spec, live=True)
+        return _open_stream(spec, timeout_s)
     path = Path(spec)
     if path.is_dir():
         return _folder(path)
@@ -171,9 +176,26 @@ def _open_csi(spec: str) -> FrameSource:
                     convert=bgrx_to_bgr if bgrx else None)
 
 
+def _open_stream(url: str, timeout_s: float | None) -> FrameSource:
+    """An RTSP/HTTP stream whose opening and reads give up after ``timeout_s``: a camera that
+    accepts the connection and never answers would otherwise hold the loop for OpenCV's 30 s
+    per try (and a reconnect makes several tries). OpenCV's FFmpeg backend reads the two
+    properties when it opens (opencv/opencv#20549, in 4.5.4)."""
+    if timeout_s is None:
+        return _capture(url, url, live=True)
+    if not hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):  # before 4.5.4 (JetPack 4's 4.1.1), or no binding
+        print(f"camera: OpenCV {cv2.__version__} cannot bound a stream's open and read time; "
+              f"{url} waits up to OpenCV's own 30 s, not camera.timeout_s={timeout_s:g}", flush=True)
+        return _capture(url, url, live=True)
+    ms = max(1, int(timeout_s * 1000))
+    return _capture(url, url, live=True,
+                    params=(cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms))
+
+
 def _capture(spec: str, target: int | str, live: bool, api: int = cv2.CAP_ANY,
-             convert: FrameConvert | None = None) -> FrameSource:
-    cap = cv2.VideoCapture(target, api)
+             convert: FrameConvert | None = None, params: tuple[int, ...] = ()) -> FrameSource:
+    # the params overload exists from OpenCV 4.5.2 on; without params, the two-argument call
+    cap = cv2.VideoCapture(target, api, list(params)) if params else cv2.VideoCapture(target, api)
     if not cap.isOpened():
         cap.release()
         found = ", ".join(video_devices()) or "none"
