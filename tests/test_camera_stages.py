@@ -77,6 +77,11 @@ def test_a_camera_the_loop_keeps_up_with_drops_nothing(quantized_run, tmp_path) 
     assert record["frames"] == 45 and record["dropped_frames"] == 0 and record["results_dropped"] == 0
     c2l = record["latency_ms"]["capture_to_label"]
     assert c2l["count"] == 45 and c2l["p50"] < 1000 / 30  # labelled before the next frame arrives
+    from pipeline.device.report import camera_lines
+
+    line, = camera_lines(record)  # the report shows it as the user felt it
+    assert f"capture to label p50 {c2l['p50']:.2f} / p90 {c2l['p90']:.2f} / p99 {c2l['p99']:.2f} ms" in line
+    assert "45 frames" in line and "0 dropped" in line
 
 
 def test_thread_budgets_default_to_the_cores_left_and_are_checked() -> None:

@@ -203,6 +203,17 @@ def _versus_baseline(row: dict[str, Any], base: dict[str, Any], cfg: ReportConfi
     return failures
 
 
+def camera_lines(camera: dict[str, Any] | None) -> list[str]:
+    """The live loop as a user felt it: its last session's rate, drops and capture-to-label."""
+    if not camera:
+        return []
+    c2l = camera.get("latency_ms", {}).get("capture_to_label") or {}
+    return [f"\nCamera ({camera.get('source')}, {camera.get('status')}): {camera.get('frames')} frames at "
+            f"{_num(camera.get('fps'), 1)} FPS, {camera.get('dropped_frames', 0)} dropped; capture to label "
+            f"p50 {_num(c2l.get('p50'))} / p90 {_num(c2l.get('p90'))} / p99 {_num(c2l.get('p99'))} ms; "
+            f"INT8 vs FP32 agreement {_pct(camera.get('top1_agreement'))} on {camera.get('shadow_frames')} frames."]
+
+
 def markdown(summary: dict[str, Any], run_id: int, base: dict[str, Any] | None) -> str:
     head = (f"## Report {run_id}: {summary['run']} on {summary['target']}"
             + (f" (baseline {base['id']})" if base else " (no baseline)") + "\n\n"
@@ -216,6 +227,7 @@ def markdown(summary: dict[str, Any], run_id: int, base: dict[str, Any] | None) 
     extra = [f"\nCalibration: {quant.get('calibration', {}).get('images', '-')} images, set "
              f"{str(quant.get('calibration', {}).get('set_sha256', '-'))[:12]}; layers kept in float: "
              f"{', '.join(quant.get('float_layers') or []) or 'none'}."]
+    extra += camera_lines(summary.get("camera"))
     state = summary["environment"].get("jetson_state")
     if state and not state["clocks_locked"]:
         extra.append("**Warning: Jetson clocks are not locked (run `sudo jetson_clocks`); latency varies.**")
