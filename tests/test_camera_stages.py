@@ -8,7 +8,6 @@ import dataclasses
 import json
 import time
 
-import numpy as np
 import pytest
 
 from pipeline.device.camera import loop

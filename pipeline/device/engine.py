@@ -91,7 +91,8 @@ def build_facts(built: BuildResult, calibrator: Any, precision: str, out: Path) 
     """What the sidecar adds from the build: precision semantics, device and DLA fallbacks,
     the engine's layers, and for implicit INT8 the calibration cache and its key."""
     facts: Dict[str, Any] = {"precision_semantics": built.semantics.to_dict(), "device": built.device,
-                             "gpu_fallback_layers": built.fallback_layers, "engine_layers": built.engine_layers}
+                             "dla_core": built.dla_core, "gpu_fallback_layers": built.fallback_layers,
+                             "engine_layers": built.engine_layers}
     if calibrator is not None:
         cache = Path(calibrator.cache_path)
         facts["calibration"] = {"method": "implicit calibrator",
@@ -107,10 +108,8 @@ def engine_record(onnx_path: Path, out: Path, profile: TargetProfile, precision:
     """The sidecar: identity, precision, DLA, shapes, ONNX and calibration hashes."""
     record = provenance("engine", {"onnx": onnx_path})
     manifest = out / "calibration" / "manifest.json"
-    on_dla = precision != "fp32" and profile.dla_core >= 0
     record.update(identity=identity, target=profile.name, precision=precision,
-                  onnx_file=str(onnx_path.resolve().relative_to(out.resolve())),
-                  dla_core=profile.dla_core if on_dla else -1, gpu_fallback=profile.gpu_fallback,
+                  onnx_file=str(onnx_path.resolve().relative_to(out.resolve())), gpu_fallback=profile.gpu_fallback,
                   shapes={k: [b, 3, size, size] for k, b in (("min", profile.min_batch),
                           ("opt", profile.opt_batch), ("max", profile.max_batch))},
                   onnx_sha256=sha256_file(onnx_path),

@@ -69,9 +69,13 @@ class BuildResult:
 
     plan: bytes
     semantics: Semantics
-    device: str                    # "GPU" or "DLA<core>"
+    dla_core: int                  # -1: the GPU
     fallback_layers: List[str] = field(default_factory=list)
     engine_layers: Optional[List[str]] = None
+
+    @property
+    def device(self) -> str:
+        return f"DLA{self.dla_core}" if self.dla_core >= 0 else "GPU"
 
 
 def build_engine(trt: Any, request: BuildRequest) -> BuildResult:
@@ -93,8 +97,8 @@ def build_engine(trt: Any, request: BuildRequest) -> BuildResult:
         raise ExportError(f"{request.onnx_path}: TensorRT could not build an engine for "
                           f"{request.profile.name} ({request.precision}); see TensorRT's log above")
     save_timing_cache(config, cache, request.timing_cache)
-    device = f"DLA{request.profile.dla_core}" if request.on_dla else "GPU"
-    return BuildResult(bytes(plan), semantics, device, fallback, engine_layers(trt, logger, bytes(plan)))
+    core = request.profile.dla_core if request.on_dla else -1
+    return BuildResult(bytes(plan), semantics, core, fallback, engine_layers(trt, logger, bytes(plan)))
 
 
 def precision_semantics(trt: Any, request: BuildRequest) -> Semantics:

@@ -16,7 +16,42 @@ import numpy as np
 
 from pipeline.device.camera.sources import FrameSource
 
-END = object()
+END = object()   # the capture's last item: the source has ended
+DONE = object()  # what a stopping stage's Handoff.get returns: nothing more will come
+
+
+class Handoff:
+    """A bounded queue between two stages. Live, a new item replaces one the next stage has
+    not taken yet (counted in ``dropped``): the newest frame wins. From a file, every item
+    waits for room, in order. A stage that is stopping gives up rather than wait for a
+    reader that has gone."""
+
+    def __init__(self, live: bool, stopping: threading.Event, size: int = 4) -> None:
+        self.items: queue.Queue = queue.Queue(maxsize=1 if live else size)
+        self.live, self.stopping, self.dropped = live, stopping, 0
+
+    def put(self, item: object, final: bool = False) -> None:
+        if self.live and not final:
+            try:
+                self.items.get_nowait()
+                self.dropped += 1
+            except queue.Empty:
+                pass
+        while True:
+            try:
+                self.items.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if self.stopping.is_set():
+                    return
+
+    def get(self) -> object:
+        while True:
+            try:
+                return self.items.get(timeout=0.1)  # short waits: stop and Ctrl-C get through
+            except queue.Empty:
+                if self.stopping.is_set():
+                    return DONE
 
 
 class Capture(threading.Thread):
@@ -29,9 +64,9 @@ class Capture(threading.Thread):
         super().__init__(daemon=True, name="capture")
         self.source, self.reopen, self.retries, self.backoff_s = source, reopen, retries, backoff_s
         self.join_s = join_s
-        self.frames: queue.Queue = queue.Queue(maxsize=1 if source.live else 8)
-        self.dropped, self.reconnects, self.lost = 0, 0, False
         self.stopping = threading.Event()
+        self.out = Handoff(source.live, self.stopping, size=8)
+        self.reconnects, self.lost = 0, False
         self._open: FrameSource | None = source  # not yet released
         self._release_lock = threading.Lock()
 
@@ -70,25 +105,24 @@ class Capture(threading.Thread):
         self._release()
         return True
 
-    def _put(self, item: object, newest_only: bool = False) -> bool:
-        """Queue ``item`` for the loop, waiting for room; a live frame first takes the place
-        of a stale one. Gives up (False) only once stopping: nobody reads any more."""
-        if newest_only:
-            self._drop_stale()
-        while True:
-            try:
-                self.frames.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                if self.stopping.is_set():
-                    return False
+    @property
+    def frames(self) -> queue.Queue:
+        """The queue the loop reads (the capture's Handoff)."""
+        return self.out.items
 
-    def _drop_stale(self) -> None:
-        try:  # the loop may take it first: then there is nothing to drop
-            self.frames.get_nowait()
-            self.dropped += 1
-        except queue.Empty:
-            pass
+    @frames.setter
+    def frames(self, items: queue.Queue) -> None:
+        self.out.items = items
+
+    @property
+    def dropped(self) -> int:
+        """Live frames replaced by a newer one before the loop took them."""
+        return self.out.dropped
+
+    def _put(self, item: object, newest_only: bool = False) -> None:
+        """Queue ``item`` for the loop, waiting for room; a live frame first takes the place
+        of a stale one. Gives up only once stopping: nobody reads any more."""
+        self.out.put(item, final=not newest_only)
 
     def _reconnect(self) -> bool:
         """Release the stream that stopped (a V4L2 device opens again only once let go), then

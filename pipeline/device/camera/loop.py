@@ -10,7 +10,6 @@ file, lost camera, q/Esc, Ctrl-C.
 from __future__ import annotations
 
 import os
-import queue
 import time
 from pathlib import Path
 from typing import Any

@@ -30,14 +30,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from pipeline.config import CameraConfig
-from pipeline.device.camera.capture import END, Capture
+from pipeline.device.camera.capture import DONE, END, Capture, Handoff
 from pipeline.device.camera.stats import LoopStats
 from pipeline.errors import DataError
 from pipeline.preprocess import Preprocessing
 from pipeline.runners.base import ModelInfo, Runner
 from pipeline.runners.compare import softmax
 
-DONE = object()  # the inference stage's last word to the output stage
 GIL_SWITCH_S = 0.0002
 
 
@@ -131,39 +130,6 @@ class Shadow(threading.Thread):
         if truth is not None:
             stats.fp32_labelled += 1
             stats.fp32_correct += int(ref_top == truth)
-
-
-class Handoff:
-    """A bounded queue between two stages. Live, a new item replaces one the next stage has
-    not taken yet (counted in ``dropped``): the newest frame wins. From a file, every item
-    waits for room, in order. A stage that is stopping gives up rather than wait for a
-    reader that has gone."""
-
-    def __init__(self, live: bool, stopping: threading.Event, size: int = 4) -> None:
-        self.items: queue.Queue = queue.Queue(maxsize=1 if live else size)
-        self.live, self.stopping, self.dropped = live, stopping, 0
-
-    def put(self, item: object, final: bool = False) -> None:
-        if self.live and not final:
-            try:
-                self.items.get_nowait()
-                self.dropped += 1
-            except queue.Empty:
-                pass
-        while not self.stopping.is_set():
-            try:
-                self.items.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def get(self) -> object:
-        while True:
-            try:
-                return self.items.get(timeout=0.1)  # short waits: stop and Ctrl-C get through
-            except queue.Empty:
-                if self.stopping.is_set():
-                    return DONE
 
 
 @dataclass
