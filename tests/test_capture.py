@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import queue
 import socket
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -17,7 +18,7 @@ import pytest
 
 from pipeline.device import report
 from pipeline.device.camera import loop
-from pipeline.device.camera.capture import END, Capture
+from pipeline.device.camera.capture import END, Capture, Handoff
 from pipeline.device.camera.sources import FrameSource, open_source
 from pipeline.device.camera.stats import STAGES, LoopStats, write_session
 from pipeline.errors import DataError, PipelineError
@@ -33,22 +34,6 @@ class Released:
 
     def release(self) -> None:
         self.calls += 1
-
-
-class QueueEmptiedByTheLoop(queue.Queue):
-    """A real queue where the loop's get() wins the race against a put that just timed out:
-    the interleaving that made ``get_nowait`` raise ``queue.Empty`` in the capture thread."""
-
-    def __init__(self, maxsize: int) -> None:
-        super().__init__(maxsize)
-        self.taken: List[object] = []
-
-    def put(self, item: object, block: bool = True, timeout: Optional[float] = None) -> None:
-        try:
-            super().put(item, block, timeout)
-        except queue.Full:
-            self.taken.append(self.get_nowait())  # the loop takes the item just after put gave up
-            raise
 
 
 def frames(count: int, then: Optional[Exception] = None, every_s: float = 0.0) -> Iterator[Frame]:
@@ -88,19 +73,42 @@ def test_an_exception_of_a_live_source_reaches_the_loop_before_end() -> None:
     assert items and items[-1] is broken, items
 
 
-def test_end_arrives_when_the_loop_empties_the_queue_meanwhile() -> None:
+def test_end_arrives_after_the_frame_a_lost_camera_left_behind() -> None:
     def reopen() -> FrameSource:
         raise DataError("camera gone")
 
     released = Released()
     capture = Capture(FrameSource("0", True, frames(1), release=[released]), reopen, retries=0)
-    capture.frames = QueueEmptiedByTheLoop(1)
     capture.start()
-    time.sleep(0.3)
-    assert capture.get(timeout=2) is END
+    time.sleep(0.3)  # END waits for the room the untaken frame holds; it never displaces it
+    assert [item[1] for item in drain(capture, timeout=2)] == ["0"]
     capture.join(timeout=5)
-    assert [item[1] for item in capture.frames.taken] == ["0"]
     assert capture.lost and released.calls == 1
+
+
+def test_a_live_handoff_counts_every_replaced_item_while_the_reader_races_it() -> None:
+    """The writer replacing a stale item while the reader takes it (the interleaving that
+    once let ``queue.Empty`` escape the capture thread): no exception, the reader's items in
+    order, and taken + dropped = written, exactly."""
+    handoff, taken = Handoff(True, threading.Event()), []
+
+    def read() -> None:
+        while (item := handoff.get()) != "end":
+            taken.append(item)
+
+    reader = threading.Thread(target=read, daemon=True)  # a failing writer must not hang the run
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes: the race happens
+    try:
+        reader.start()
+        for i in range(20000):
+            handoff.put(i)
+        handoff.put("end", final=True)
+        reader.join(timeout=10)
+    finally:
+        sys.setswitchinterval(switch)
+    assert taken == sorted(taken) and taken[-1] == 19999
+    assert len(taken) + handoff.dropped == 20000 and handoff.dropped > 0
 
 
 def test_a_reopened_source_releases_the_one_it_replaces() -> None:
@@ -127,7 +135,7 @@ def test_stop_joins_a_thread_blocked_on_a_full_queue_and_releases_the_source() -
     capture = Capture(FrameSource("clip.avi", False, frames(50), release=[released]))
     capture.start()
     deadline = time.monotonic() + 5
-    while not capture.frames.full() and time.monotonic() < deadline:
+    while not capture.out.full() and time.monotonic() < deadline:
         time.sleep(0.01)
     capture.stop()
     assert not capture.is_alive() and released.calls == 1

@@ -111,14 +111,15 @@ def classify(source: FrameSource, cam: CameraConfig, runner: Runner, reference: 
           flush=True)
     opencv_threads = cv2.getNumThreads()
     cv2.setNumThreads(Budget.from_config(cam).opencv)  # process-wide: restored when the loop ends
-    warm_up(runner, reference, info, stats)
-    capture.start()
-    stats.started = time.perf_counter()
     try:
-        return run_stages(capture, runner, reference, info, cam, stats,
-                          lambda frame: check_preprocessing_parity(frame, info.preprocessing), output)
+        parity_check = ParityCheck(info.preprocessing, source.size)  # before the camera starts
+        warm = warm_output(info, source.size)
+        status = run_stages(capture, runner, reference, info, cam, stats, parity_check.first_frame, output, warm)
+        stats.ended = time.perf_counter()  # the session's time: the check below is not part of it
+        parity_check.at_end()
+        return status
     finally:
-        stats.ended = time.perf_counter()
+        stats.ended = stats.ended or time.perf_counter()
         capture.stop()
         cv2.setNumThreads(opencv_threads)
         stats.dropped = capture.dropped
@@ -130,14 +131,45 @@ def classify(source: FrameSource, cam: CameraConfig, runner: Runner, reference: 
             cv2.destroyAllWindows()
 
 
-def warm_up(runner: Runner, reference: Runner, info: ModelInfo, stats: LoopStats) -> None:
-    """First calls are slow (allocations, kernel choice, OpenCV's font): pay them before the
-    camera starts, so the first live frames are not dropped while they happen."""
-    size = info.preprocessing.input_size
-    x = np.zeros((1, 3, size, size), np.float32)
-    runner.run(x)
-    reference.run(x)
-    overlay(np.zeros((64, 64, 3), np.uint8), {"class": info.class_names[0], "confidence": 0.0}, stats)
+def warm_output(info: ModelInfo, frame_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A frame of the camera's size (where the source says it), with the output stage's
+    first call done on it here, in the thread the output runs in; the other stages warm on
+    it in theirs (``run_stages``). First calls are slow (allocations, OpenCV's font at the
+    frame's scale, numpy's percentile): the first frame's label took 27-41 ms instead of 9
+    when only the runtimes were warmed, and in the main thread (measured, issue 15)."""
+    width, height = frame_size or (64, 64)
+    frame = parity.probe_frame(height, width)
+    scratch = LoopStats(started=time.perf_counter())  # the session's own figures stay untouched
+    scratch.latency_ms["frame"].append(0.0)
+    overlay(frame, {"class": info.class_names[0], "confidence": 0.0}, scratch)
+    return frame
+
+
+class ParityCheck:
+    """When the preprocessing parity check runs. The reference takes about 0.2 s at 640x480;
+    run beside the loop on the first frame it delayed the first live frames by up to 50 ms
+    (measured, issue 15). So where the source says its frame size, the probe frame is checked
+    before the camera starts (no live frame waits for it) and the first frame, kept, when
+    the session ends. Where the size is not known, or the first frame has another, both are
+    checked beside the loop as the first frame arrives."""
+
+    def __init__(self, pre: Preprocessing, frame_size: tuple[int, int] | None) -> None:
+        self.pre, self.size = pre, frame_size
+        self.first: np.ndarray | None = None
+        if frame_size is not None:
+            check_probe_parity(frame_size, pre)
+
+    def first_frame(self, frame: np.ndarray) -> None:
+        """Called beside the loop with the first frame."""
+        self.first = frame
+        if frame.ndim == 3 and self.size != (frame.shape[1], frame.shape[0]):
+            self.size = None  # the probe checked at start had another size: check both now
+            check_preprocessing_parity(frame, self.pre)
+
+    def at_end(self) -> None:
+        """The first frame itself, once the loop has ended normally."""
+        if self.first is not None and self.size is not None:
+            _check_parity((("the first frame", self.first),), self.pre)
 
 
 def check_preprocessing_parity(frame: np.ndarray, pre: Preprocessing, tolerance: float = 1e-5,
@@ -151,8 +183,22 @@ def check_preprocessing_parity(frame: np.ndarray, pre: Preprocessing, tolerance:
     naming the cause: colour order, normalisation, interpolation, or resize/crop."""
     if frame.ndim != 3 or frame.shape[2] != 3:
         return  # not a frame: the stages name it
+    _check_parity((("the first frame", frame), ("a probe frame", parity.probe_frame(*frame.shape[:2]))),
+                  pre, tolerance, live)
+
+
+def check_probe_parity(frame_size: tuple[int, int], pre: Preprocessing, tolerance: float = 1e-5,
+                       live: parity.LivePath | None = None) -> None:
+    """The probe half of ``check_preprocessing_parity``, for a (width, height) known before
+    any frame arrives."""
+    width, height = frame_size
+    _check_parity((("a probe frame", parity.probe_frame(height, width)),), pre, tolerance, live)
+
+
+def _check_parity(images: tuple[tuple[str, np.ndarray], ...], pre: Preprocessing, tolerance: float = 1e-5,
+                  live: parity.LivePath | None = None) -> None:
     live = live or prepare
-    for name, image in (("the first frame", frame), ("a probe frame", parity.probe_frame(*frame.shape[:2]))):
+    for name, image in images:
         cause = parity.mismatch(live(image, pre), parity.evaluation_rgb(image), pre, tolerance)
         if cause:
             raise DataError(f"preprocessing parity failed on {name} ({image.shape[1]}x{image.shape[0]}): {cause}")

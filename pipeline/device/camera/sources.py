@@ -57,6 +57,7 @@ class FrameSource:
     classes: list[str] | None = None
     release: list = field(default_factory=list)
     reopen: bool = True  # a live source that stops is reopened; a paced one ends for good
+    size: tuple[int, int] | None = None  # (width, height) where known before the first frame
 
     def close(self) -> None:
         for item in self.release:
@@ -71,7 +72,8 @@ def open_source(spec: str, timeout_s: float | None = None) -> FrameSource:
     if spec.startswith("csi://"):
         return _open_csi(spec)
     if spec.startswith("paced://"):  # a synthetic camera on its own clock, for measuring the loop
-        return FrameSource(spec, True, parse_paced(spec), reopen=False)
+        paced = parse_paced(spec)
+        return FrameSource(spec, True, paced, reopen=False, size=paced.size)
     if spec.isdigit():
         return _capture(spec, int(spec), live=True)
     if "://" in spec:
@@ -201,7 +203,14 @@ def _capture(spec: str, target: int | str, live: bool, api: int = cv2.CAP_ANY,
         found = ", ".join(video_devices()) or "none"
         hint = f" (video devices found: {found})" if isinstance(target, int) else ""
         raise DataError(f"{spec}: cannot open this camera or stream{hint}")
-    return FrameSource(spec, live, _read(cap, convert), release=[cap])
+    return FrameSource(spec, live, _read(cap, convert), release=[cap], size=_frame_size(cap))
+
+
+def _frame_size(cap: cv2.VideoCapture) -> tuple[int, int] | None:
+    """The size the capture says its frames have, or None where it does not say (some
+    GStreamer and network backends report 0 until the first frame)."""
+    width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    return (width, height) if width > 0 and height > 0 else None
 
 
 def _read(cap: cv2.VideoCapture, convert: FrameConvert | None = None) -> Iterator[tuple[np.ndarray, str | None]]:
@@ -217,7 +226,7 @@ def _replay(clip: Path) -> FrameSource:
     source = _capture(f"replay:{clip}", str(clip), live=False)
     frames = ((frame, labels[i] if i < len(labels) else None)
               for i, (frame, _) in enumerate(source.frames))
-    return FrameSource(source.spec, False, frames, classes, source.release)
+    return FrameSource(source.spec, False, frames, classes, source.release, size=source.size)
 
 
 def _folder(folder: Path) -> FrameSource:

@@ -38,6 +38,7 @@ from pipeline.runners.base import ModelInfo, Runner
 from pipeline.runners.compare import softmax
 
 GIL_SWITCH_S = 0.0002
+SHADOW_NICE = 10  # the FP32 shadow's thread priority: below the INT8 path's, so it yields the cores
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,12 @@ class Result:
 class Shadow(threading.Thread):
     """The FP32 reference, one offer at a time; the stats it writes are its own."""
 
-    def __init__(self, reference: Runner, info: ModelInfo, stats: LoopStats, live: bool) -> None:
+    def __init__(self, reference: Runner, info: ModelInfo, stats: LoopStats, live: bool, warm: np.ndarray) -> None:
         super().__init__(daemon=True, name="fp32-shadow")
-        self.reference, self.info, self.stats, self.live = reference, info, stats, live
+        self.reference, self.info, self.stats, self.live, self.warm = reference, info, stats, live, warm
         self.jobs: queue.Queue = queue.Queue(maxsize=1 if live else 4)
         self.error: Optional[BaseException] = None
+        self.ready = threading.Event()
 
     def offer(self, job: Tuple[int, np.ndarray, np.ndarray, int, Optional[int]]) -> bool:
         """Take (frame index, input, INT8 probabilities, INT8 top, truth). Live, a shadow
@@ -96,15 +98,16 @@ class Shadow(threading.Thread):
             return False
 
     def run(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            try:
+        lower_priority(SHADOW_NICE)
+        try:
+            warm_once(self.ready, lambda: self.reference.run(self.warm))
+            while True:
+                job = self.jobs.get()
+                if job is None:
+                    return
                 self._compare(*job)
-            except BaseException as exc:  # noqa: BLE001 - handed to the loop, which raises it
-                self.error = exc
-                return
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, which raises it
+            self.error = exc
 
     def close(self) -> None:
         while self.is_alive():
@@ -147,16 +150,18 @@ class Preprocess(threading.Thread):
     INT8 runtime's thread does nothing but INT8. Its last item says how the frames ended."""
 
     def __init__(self, capture: Capture, info: ModelInfo, cam: CameraConfig, stats: LoopStats,
-                 first_frame: Callable[[np.ndarray], None], stopping: threading.Event) -> None:
+                 first_frame: Callable[[np.ndarray], None], stopping: threading.Event, warm: np.ndarray) -> None:
         super().__init__(daemon=True, name="preprocess")
         self.capture, self.info, self.cam, self.stats, self.first_frame = capture, info, cam, stats, first_frame
         self.out = Handoff(capture.source.live, stopping)
-        self.stopping = stopping
+        self.stopping, self.warm = stopping, warm
         self.check: Optional[threading.Thread] = None
         self.check_error: Optional[BaseException] = None
+        self.ready = threading.Event()
 
     def run(self) -> None:
         try:
+            warm_once(self.ready, lambda: prepare(self.warm, self.info.preprocessing))
             status = self._prepare_all()
             self._raise_check(wait=True)
             self.out.put(status, final=True)
@@ -212,10 +217,11 @@ class Inference(threading.Thread):
     """Prepared inputs → INT8 → results for the output stage (and offers to the shadow)."""
 
     def __init__(self, source: Handoff, runner: Runner, info: ModelInfo, shadow: Shadow,
-                 cam: CameraConfig, stats: LoopStats, stopping: threading.Event) -> None:
+                 cam: CameraConfig, stats: LoopStats, stopping: threading.Event, warm: np.ndarray) -> None:
         super().__init__(daemon=True, name="int8-inference")
         self.source, self.runner, self.info, self.shadow = source, runner, info, shadow
-        self.cam, self.stats, self.stopping = cam, stats, stopping
+        self.cam, self.stats, self.stopping, self.warm = cam, stats, stopping, warm
+        self.ready = threading.Event()
         # live sources: the output stage always shows the newest result; files: every one, in order
         self.results = Handoff(source.live, stopping)
         self.status = "ended"
@@ -223,6 +229,7 @@ class Inference(threading.Thread):
 
     def run(self) -> None:
         try:
+            warm_once(self.ready, lambda: self.runner.run(self.warm))
             self.status = self._classify_all()
         except BaseException as exc:  # noqa: BLE001 - handed to the output stage, which raises it
             self.results.put(exc, final=True)
@@ -240,14 +247,16 @@ class Inference(threading.Thread):
             if isinstance(item, BaseException):
                 raise item
             t0 = time.perf_counter()
-            shown = self._classify(item)
+            shown, job = self._classify(item)
             stats.latency_ms["frame"].append((time.perf_counter() - t0) * 1e3)
             self.results.put(Result(item.frame, shown, item.captured_at))
+            if job is not None:  # after the hand-off: waking the shadow must not delay the label
+                self.shadow.offer(job)
         return "max frames"
 
-    def _classify(self, item: Prepared) -> Dict[str, Any]:
-        """INT8 on one frame; accuracy and agreement use the raw output, the displayed label
-        the temporally smoothed one."""
+    def _classify(self, item: Prepared) -> Tuple[Dict[str, Any], Optional[tuple]]:
+        """INT8 on one frame: what to show, and the shadow's job on every Nth frame. Accuracy
+        and agreement use the raw output, the displayed label the temporally smoothed one."""
         cam, info, stats = self.cam, self.info, self.stats
         t1 = time.perf_counter()
         probs = softmax(self.runner.run(item.x)[0])
@@ -256,32 +265,40 @@ class Inference(threading.Thread):
         if truth is not None:
             stats.labelled += 1
             stats.int8_correct += int(top == truth)
-        if stats.frames % cam.shadow_every == 0:
-            self.shadow.offer((stats.frames, item.x, probs, top, truth))
+        job = (stats.frames, item.x, probs, top, truth) if stats.frames % cam.shadow_every == 0 else None
         stats.frames += 1
         shown = probs if not self.smoothed else cam.smoothing * self.smoothed[0] + (1 - cam.smoothing) * probs
         self.smoothed[:] = [shown]
         best = np.argsort(-shown)[: cam.top_k]
         return {"class": info.class_names[best[0]], "confidence": float(shown[best[0]]),
-                "top_k": [(info.class_names[i], float(shown[i])) for i in best]}
+                "top_k": [(info.class_names[i], float(shown[i])) for i in best]}, job
 
 
 def run_stages(capture: Capture, runner: Runner, reference: Runner, info: ModelInfo, cam: CameraConfig,
                stats: LoopStats, first_frame: Callable[[np.ndarray], None],
-               show: Callable[[Result], bool]) -> str:
+               show: Callable[[Result], bool], warm: np.ndarray) -> str:
     """Run preprocessing, inference and the shadow in their threads and the output stage
-    here until the frames end, ``max_frames``, or ``show`` returns True (the user quit)."""
+    here until the frames end, ``max_frames``, or ``show`` returns True (the user quit).
+    The capture starts (and ``stats.started`` is set) once every stage has done its work
+    once on ``warm``, a frame of the camera's size, in its own thread: a thread's first
+    call costs up to twice a later one (measured, issue 15), and it should not be a
+    camera frame that pays it."""
     stopping = threading.Event()
     switch = sys.getswitchinterval()
     # A stage leaving ONNX Runtime or OpenCV must get the GIL back at once, not after the
     # default 5 ms another stage may hold it for: process-wide, restored when the loop ends.
     sys.setswitchinterval(GIL_SWITCH_S)
-    shadow = Shadow(reference, info, stats, capture.source.live)
-    preprocess = Preprocess(capture, info, cam, stats, first_frame, stopping)
-    inference = Inference(preprocess.out, runner, info, shadow, cam, stats, stopping)
+    x = prepare(warm, info.preprocessing)
+    shadow = Shadow(reference, info, stats, capture.source.live, x)
+    preprocess = Preprocess(capture, info, cam, stats, first_frame, stopping, warm)
+    inference = Inference(preprocess.out, runner, info, shadow, cam, stats, stopping, x)
     for stage in (shadow, preprocess, inference):
         stage.start()
     try:
+        for stage in (shadow, preprocess, inference):
+            stage.ready.wait()
+        capture.start()
+        stats.started = time.perf_counter()
         return _output(inference, shadow, stats, show)
     finally:
         stopping.set()
@@ -316,6 +333,29 @@ def _output(inference: Inference, shadow: Shadow, stats: LoopStats, show: Callab
 def _raise_from(shadow: Shadow) -> None:
     if shadow.error is not None:
         raise shadow.error
+
+
+def warm_once(ready: threading.Event, work: Callable[[], object]) -> None:
+    """A stage's first call, in its own thread, then ``ready``; set even when the work
+    fails, so the loop does not wait for a stage whose error is on its way downstream."""
+    try:
+        work()
+    finally:
+        ready.set()
+
+
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's scheduling priority (Linux: a thread is a task with its
+    own nice value). Why: on 2 cores the shadow's 12-28 ms FP32 runs took turns with the
+    INT8 path's stages; at a lower priority the scheduler gives the cores to those first
+    and the shadow the time they leave. Best effort: elsewhere, or where the system
+    refuses, the thread keeps its priority."""
+    native_id = getattr(threading, "get_native_id", None)
+    if sys.platform.startswith("linux") and native_id is not None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, native_id(), nice)
+        except OSError:
+            pass
 
 
 def prepare(frame: np.ndarray, pre: Preprocessing) -> np.ndarray:
