@@ -115,7 +115,6 @@ def classify(source: FrameSource, cam: CameraConfig, runner: Runner, reference: 
         parity_check = ParityCheck(info.preprocessing, source.size)  # before the camera starts
         warm = warm_output(info, source.size)
         status = run_stages(capture, runner, reference, info, cam, stats, parity_check.first_frame, output, warm)
-        stats.ended = time.perf_counter()  # the session's time: the check below is not part of it
         parity_check.at_end()
         return status
     finally:

@@ -301,6 +301,7 @@ def run_stages(capture: Capture, runner: Runner, reference: Runner, info: ModelI
         stats.started = time.perf_counter()
         return _output(inference, shadow, stats, show)
     finally:
+        stats.ended = time.perf_counter()  # before the joins below: shutting down is not the session's time
         stopping.set()
         capture.stop()  # wakes a preprocess stage waiting for a frame
         for stage in (preprocess, inference):
