@@ -92,3 +92,39 @@ def test_thread_budgets_default_to_the_cores_left_and_are_checked() -> None:
     assert Budget.from_config(CameraConfig(int8_threads=2, fp32_threads=2), cores=8).int8 == 2
     with pytest.raises(ConfigError, match="int8_threads"):
         CameraConfig(int8_threads=-1)
+
+
+def test_a_faulty_live_path_stops_a_camera_of_known_size_before_its_first_frame(
+        quantized_run, tmp_path, monkeypatch) -> None:
+    """The probe frame is checked before the camera starts where the source says its size,
+    so a wrong preprocessing costs no live frame; the first frame itself is checked at the end."""
+    from tests.test_camera_parity import _with
+
+    monkeypatch.setattr(loop, "prepare", _with(interpolation="nearest", resize=40))
+    cfg = camera(quantized_run, tmp_path, "paced://30?frames=30&size=320x240")
+    with pytest.raises(DataError, match=r"^preprocessing parity failed on a probe frame \(320x240\)"):
+        loop.run(cfg)
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record["frames"] == 0 and record["status"].startswith("error: preprocessing parity")
+
+
+def test_the_shadow_runs_below_the_inference_threads_priority(quantized_run) -> None:
+    import os
+    import threading
+
+    import numpy as np
+
+    from pipeline.device.camera.stages import SHADOW_NICE, Shadow
+    from pipeline.device.camera.stats import LoopStats
+    from pipeline.runners.registry import open_model
+
+    reference, info = open_model(quantized_run.run_dir / "model.fp32.onnx", 1)
+    size = info.preprocessing.input_size
+    shadow = Shadow(reference, info, LoopStats(), True, np.zeros((1, 3, size, size), np.float32))
+    shadow.start()
+    try:
+        assert shadow.ready.wait(30) and shadow.error is None
+        ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert os.getpriority(os.PRIO_PROCESS, shadow.native_id) == min(19, ours + SHADOW_NICE)
+    finally:
+        shadow.close()

@@ -38,7 +38,7 @@ from pipeline.runners.base import ModelInfo, Runner
 from pipeline.runners.compare import softmax
 
 GIL_SWITCH_S = 0.0002
-SHADOW_NICE = 10  # the FP32 shadow's thread priority: below the INT8 path's, so it yields the cores
+SHADOW_NICE = 10  # nice levels the FP32 shadow's thread runs below the INT8 path's, so it yields the cores
 
 
 @dataclass(frozen=True)
@@ -345,16 +345,17 @@ def warm_once(ready: threading.Event, work: Callable[[], object]) -> None:
         ready.set()
 
 
-def lower_priority(nice: int) -> None:
-    """Lower the calling thread's scheduling priority (Linux: a thread is a task with its
-    own nice value). Why: on 2 cores the shadow's 12-28 ms FP32 runs took turns with the
-    INT8 path's stages; at a lower priority the scheduler gives the cores to those first
-    and the shadow the time they leave. Best effort: elsewhere, or where the system
-    refuses, the thread keeps its priority."""
+def lower_priority(by: int) -> None:
+    """Lower the calling thread's scheduling priority by ``by`` nice levels, to at most 19
+    (Linux: a thread is a task with its own nice value). Why: on 2 cores the shadow's
+    12-28 ms FP32 runs took turns with the INT8 path's stages; at a lower priority the
+    scheduler gives the cores to those first and the shadow the time they leave. Best
+    effort: elsewhere, or where the system refuses, the thread keeps its priority."""
     native_id = getattr(threading, "get_native_id", None)
     if sys.platform.startswith("linux") and native_id is not None:
         try:
-            os.setpriority(os.PRIO_PROCESS, native_id(), nice)
+            tid = native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
         except OSError:
             pass
 
