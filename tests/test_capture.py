@@ -135,7 +135,7 @@ def test_stop_joins_a_thread_blocked_on_a_full_queue_and_releases_the_source() -
     capture = Capture(FrameSource("clip.avi", False, frames(50), release=[released]))
     capture.start()
     deadline = time.monotonic() + 5
-    while not capture.out.full() and time.monotonic() < deadline:
+    while capture.out.items.qsize() < capture.out.size and time.monotonic() < deadline:
         time.sleep(0.01)
     capture.stop()
     assert not capture.is_alive() and released.calls == 1

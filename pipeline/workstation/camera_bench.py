@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -32,6 +33,7 @@ from pipeline.device.camera.paced import PacedFrames
 from pipeline.device.camera.stages import Budget
 from pipeline.device.camera.stats import LoopStats
 from pipeline.plots import pyplot
+from pipeline.runners.base import ModelInfo, Runner
 from pipeline.runners.registry import open_model
 from pipeline.workstation.data import open_dataset
 
@@ -43,35 +45,52 @@ PACED_FPS = (30, 60, 120)
 PACED_SECONDS = 20  # the p99 of 600 frames at 30 FPS is their 6th-worst, not one unlucky frame
 
 
+@dataclass
+class Alone:
+    """The INT8 model and FP32 reference opened once with the loop's thread budgets, for the
+    measurements made outside the loop (stages alone, the serial control)."""
+
+    int8: Runner
+    fp32: Runner
+    info: ModelInfo
+
+
 def run(cfg: Config) -> Path:
     model, reference = loop.default_models(cfg)
     split = open_dataset(cfg.data).split("val")
-    rows = []
-    for size in SIZES:
-        clip = make_clip(split, cfg.run_dir / "bench" / f"clip-{size[0]}x{size[1]}.avi",
-                         cfg.camera.clip_images, cfg.camera.frames_per_image, size, cfg.run.seed,
-                         cfg.camera.clip_motion)
-        rows.append({"size": f"{size[0]}x{size[1]}", **paired_rounds(clip, model, reference, cfg)})
-    paced = [paced_run(cfg, PACED_FPS[0])]
-    control = serial_control(cfg, model, reference, PACED_FPS[0])  # right after, so the host is the same
-    paced += [paced_run(cfg, fps) for fps in PACED_FPS[1:]]
+    budget, previous = Budget.from_config(cfg.camera), cv2.getNumThreads()
+    cv2.setNumThreads(budget.opencv)  # the loop's OpenCV budget for everything measured here
+    try:
+        int8, info = open_model(model, budget.int8)
+        alone = Alone(int8, open_model(reference, budget.fp32)[0], info)
+        rows = []
+        for size in SIZES:
+            clip = make_clip(split, cfg.run_dir / "bench" / f"clip-{size[0]}x{size[1]}.avi",
+                             cfg.camera.clip_images, cfg.camera.frames_per_image, size, cfg.run.seed,
+                             cfg.camera.clip_motion)
+            rows.append({"size": f"{size[0]}x{size[1]}", **paired_rounds(clip, alone, cfg)})
+        paced = [paced_run(cfg, PACED_FPS[0])]
+        control = serial_control(cfg, alone, PACED_FPS[0])  # right after, so the host is the same
+        paced += [paced_run(cfg, fps) for fps in PACED_FPS[1:]]
+    finally:
+        cv2.setNumThreads(previous)
     path = write_json(cfg.run_dir / "bench" / "camera.json", {"model": str(model), "reference": str(reference),
-                                                              "budget": dataclasses.asdict(Budget.from_config(cfg.camera)),
+                                                              "budget": dataclasses.asdict(budget),
                                                               "rows": rows, "paced": paced, "serial_control": control})
     print_tables(rows, paced, control)
     plot(rows, paced, control, cfg.run_dir / "bench" / "camera.png")
     return path
 
 
-def paired_rounds(clip: Path, model: Path, reference: Path, cfg: Config) -> Dict[str, Any]:
+def paired_rounds(clip: Path, alone: Alone, cfg: Config) -> Dict[str, Any]:
     """``ROUNDS`` pairs of (stages alone, loop) on the clip's first ``ROUND_FRAMES`` frames;
     the figures of the pair with the median overlap, the range, and every pair."""
     pairs = []
     for index in range(ROUNDS):
         stages_first = index % 2 == 0  # alternating, so a drifting host favours neither side
-        stages = stage_times(clip, model, reference, cfg) if stages_first else {}
+        stages = stage_times(clip, alone, cfg) if stages_first else {}
         record = _loop(cfg, f"replay:{clip}", f"{clip.stem}.loop.json", ROUND_FRAMES)
-        stages = stages or stage_times(clip, model, reference, cfg)
+        stages = stages or stage_times(clip, alone, cfg)
         pairs.append(pair_figures(stages, record))
     return summarise_rounds(pairs)
 
@@ -92,28 +111,20 @@ def summarise_rounds(pairs: List[Dict[str, Any]]) -> Dict[str, Any]:
     return {**middle, "overlap_min": min(overlaps), "overlap_max": max(overlaps), "rounds": pairs}
 
 
-def stage_times(clip: Path, model: Path, reference: Path, cfg: Config) -> Dict[str, float]:
+def stage_times(clip: Path, alone: Alone, cfg: Config) -> Dict[str, float]:
     """Median milliseconds per frame of each stage run alone over the clip's first
     ``ROUND_FRAMES`` frames (FP32 on ``FP32_FRAMES``), with the loop's thread budget."""
-    budget = Budget.from_config(cfg.camera)
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(budget.opencv)
-    try:
-        frames, decode = _decoded(clip, ROUND_FRAMES)
-        int8, info = open_model(model, budget.int8)
-        fp32, _ = open_model(reference, budget.fp32)
-        prep, inputs = [], []
-        for frame in frames:
-            t0 = time.perf_counter()
-            inputs.append(loop.prepare(frame, info.preprocessing))
-            prep.append(time.perf_counter() - t0)
-        shown = {"class": info.class_names[0], "confidence": 0.5, "top_k": []}
-        output = [_seconds(lambda: loop.overlay(frame, shown, LoopStats())) for frame in frames]
-        times = {"frames": len(frames), "decode_ms": _median_ms(decode), "preprocess_ms": _median_ms(prep),
-                 "int8_ms": _median_ms(_timed(int8, inputs)), "fp32_ms": _median_ms(_timed(fp32, inputs[:FP32_FRAMES])),
-                 "output_ms": _median_ms(output)}
-    finally:
-        cv2.setNumThreads(previous)
+    frames, decode = _decoded(clip, ROUND_FRAMES)
+    prep, inputs = [], []
+    for frame in frames:
+        t0 = time.perf_counter()
+        inputs.append(loop.prepare(frame, alone.info.preprocessing))
+        prep.append(time.perf_counter() - t0)
+    shown = {"class": alone.info.class_names[0], "confidence": 0.5, "top_k": []}
+    output = [_seconds(lambda: loop.overlay(frame, shown, LoopStats())) for frame in frames]
+    times = {"frames": len(frames), "decode_ms": _median_ms(decode), "preprocess_ms": _median_ms(prep),
+             "int8_ms": _median_ms(_timed(alone.int8, inputs)),
+             "fp32_ms": _median_ms(_timed(alone.fp32, inputs[:FP32_FRAMES])), "output_ms": _median_ms(output)}
     times["serial_ms"] = (times["decode_ms"] + times["preprocess_ms"] + times["int8_ms"] + times["output_ms"]
                           + times["fp32_ms"] / cfg.camera.shadow_every)
     return times
@@ -124,47 +135,45 @@ def paced_run(cfg: Config, fps: int) -> Dict[str, Any]:
     frames = int(fps * PACED_SECONDS)
     record = _loop(cfg, f"paced://{fps}?frames={frames}&size=640x480", f"paced-{fps}.loop.json")
     lat = record["latency_ms"]
-    stage_sum = sum(lat[s]["p50"] or 0.0 for s in ("preprocess", "int8", "output"))
     return {"fps": fps, "produced": frames, "processed": record["frames"], "dropped": record["dropped_frames"],
             "results_dropped": record["results_dropped"], "shadow_skipped": record["shadow_skipped"],
-            "loop_fps": record["fps"], "stage_sum_ms": stage_sum, "capture_to_label_ms": lat["capture_to_label"]}
+            "loop_fps": record["fps"], "stage_sum_ms": _stage_sum(lat), "capture_to_label_ms": lat["capture_to_label"]}
 
 
-def serial_control(cfg: Config, model: Path, reference: Path, fps: int) -> Dict[str, Any]:
+def _stage_sum(latency: Dict[str, Dict[str, Any]]) -> float:
+    """The sum of the p50s of a frame's stages from capture to label."""
+    return sum(latency[s]["p50"] or 0.0 for s in ("preprocess", "int8", "output"))
+
+
+def serial_control(cfg: Config, alone: Alone, fps: int) -> Dict[str, Any]:
     """The same paced camera read by a plain one-thread loop (preprocess, INT8, overlay, and
     FP32 on every Nth frame after its label) with the same budgets: no hand-offs, no other
     threads. At 30 FPS it keeps up, and its capture-to-label p99 above its own stage sum is
     the host's jitter alone, the floor the overlapped loop's tail is judged against."""
-    budget, previous = Budget.from_config(cfg.camera), cv2.getNumThreads()
-    cv2.setNumThreads(budget.opencv)
-    try:
-        int8, info = open_model(model, budget.int8)
-        fp32, _ = open_model(reference, budget.fp32)
-        camera = PacedFrames(fps, int(fps * PACED_SECONDS), (640, 480))
-        warm = loop.prepare(loop.warm_output(info, camera.size), info.preprocessing)
-        int8.run(warm), fp32.run(warm)
-        stats = LoopStats(started=time.perf_counter())
-        shown = {"class": info.class_names[0], "confidence": 0.5, "top_k": []}
-        for index, (frame, _) in enumerate(camera):
-            captured = time.perf_counter()  # where the capture thread stamps a frame
-            x = loop.prepare(frame, info.preprocessing)
-            prepared = time.perf_counter()
-            int8.run(x)
-            classified = time.perf_counter()
-            loop.overlay(frame, shown, stats)
-            labelled = time.perf_counter()
-            for stage, start, end in (("preprocess", captured, prepared), ("int8", prepared, classified),
-                                      ("output", classified, labelled), ("capture_to_label", captured, labelled)):
-                stats.latency_ms[stage].append((end - start) * 1e3)
-            stats.latency_ms["frame"].append((classified - prepared) * 1e3)
-            stats.frames += 1
-            if index % cfg.camera.shadow_every == 0:
-                fp32.run(x)
-    finally:
-        cv2.setNumThreads(previous)
-    stage_sum = sum(stats.percentiles(s)["p50"] or 0.0 for s in ("preprocess", "int8", "output"))
-    return {"fps": fps, "produced": camera.produced, "stage_sum_ms": stage_sum,
-            "capture_to_label_ms": stats.percentiles("capture_to_label")}
+    info, pre = alone.info, alone.info.preprocessing
+    camera = PacedFrames(fps, int(fps * PACED_SECONDS), (640, 480))
+    warm = loop.prepare(loop.warm_output(info, camera.size), pre)
+    alone.int8.run(warm), alone.fp32.run(warm)
+    stats = LoopStats(started=time.perf_counter())
+    shown = {"class": info.class_names[0], "confidence": 0.5, "top_k": []}
+    for index, (frame, _) in enumerate(camera):
+        captured = time.perf_counter()  # where the capture thread stamps a frame
+        x = loop.prepare(frame, pre)
+        prepared = time.perf_counter()
+        alone.int8.run(x)
+        classified = time.perf_counter()
+        loop.overlay(frame, shown, stats)
+        labelled = time.perf_counter()
+        for stage, start, end in (("preprocess", captured, prepared), ("int8", prepared, classified),
+                                  ("output", classified, labelled), ("capture_to_label", captured, labelled)):
+            stats.latency_ms[stage].append((end - start) * 1e3)
+        stats.latency_ms["frame"].append((classified - prepared) * 1e3)
+        stats.frames += 1
+        if index % cfg.camera.shadow_every == 0:
+            alone.fp32.run(x)
+    latency = {stage: stats.percentiles(stage) for stage in ("preprocess", "int8", "output", "capture_to_label")}
+    return {"fps": fps, "produced": camera.produced, "stage_sum_ms": _stage_sum(latency),
+            "capture_to_label_ms": latency["capture_to_label"]}
 
 
 def print_tables(rows: List[Dict[str, Any]], paced: List[Dict[str, Any]], control: Dict[str, Any]) -> None:

@@ -63,9 +63,6 @@ class Handoff:
             self.room.release()
             return item
 
-    def full(self) -> bool:
-        return self.items.qsize() >= self.size
-
 
 class Capture(threading.Thread):
     """Reads ``source`` until it ends or ``stop()``; ``get()`` hands frames to the loop.

@@ -156,7 +156,8 @@ class ParityCheck:
         self.pre, self.size = pre, frame_size
         self.first: np.ndarray | None = None
         if frame_size is not None:
-            check_probe_parity(frame_size, pre)
+            width, height = frame_size
+            _check_parity((("a probe frame", parity.probe_frame(height, width)),), pre)
 
     def first_frame(self, frame: np.ndarray) -> None:
         """Called beside the loop with the first frame."""
@@ -184,14 +185,6 @@ def check_preprocessing_parity(frame: np.ndarray, pre: Preprocessing, tolerance:
         return  # not a frame: the stages name it
     _check_parity((("the first frame", frame), ("a probe frame", parity.probe_frame(*frame.shape[:2]))),
                   pre, tolerance, live)
-
-
-def check_probe_parity(frame_size: tuple[int, int], pre: Preprocessing, tolerance: float = 1e-5,
-                       live: parity.LivePath | None = None) -> None:
-    """The probe half of ``check_preprocessing_parity``, for a (width, height) known before
-    any frame arrives."""
-    width, height = frame_size
-    _check_parity((("a probe frame", parity.probe_frame(height, width)),), pre, tolerance, live)
 
 
 def _check_parity(images: tuple[tuple[str, np.ndarray], ...], pre: Preprocessing, tolerance: float = 1e-5,

@@ -351,10 +351,9 @@ def lower_priority(by: int) -> None:
     12-28 ms FP32 runs took turns with the INT8 path's stages; at a lower priority the
     scheduler gives the cores to those first and the shadow the time they leave. Best
     effort: elsewhere, or where the system refuses, the thread keeps its priority."""
-    native_id = getattr(threading, "get_native_id", None)
-    if sys.platform.startswith("linux") and native_id is not None:
+    if sys.platform.startswith("linux"):
         try:
-            tid = native_id()
+            tid = threading.get_native_id()
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
         except OSError:
             pass
