@@ -201,6 +201,7 @@ class EvaluateConfig:
     """Scoring on the val split; ``model`` set scores that one file (any labelled folder)."""
 
     model: str = ""
+    runtime: str = ""             # for ``model``: "" the file type's runtime, or e.g. openvino for an ONNX file
     out: str = ""
     batch_size: int = 32
     threads: int = 0
@@ -247,6 +248,7 @@ class CameraConfig:
     source: str = ""
     model: str = ""
     reference: str = ""
+    runtime: str = ""             # for model/reference given: "" the file type's runtime, or e.g. openvino
     shadow_every: int = 10
     headless: bool = False
     video_out: str = ""

@@ -45,13 +45,14 @@ def plot_training(history: list[dict[str, Any]], path: Path, title: str) -> Path
 def plot_quantization(samples: dict[str, "np.ndarray"], top1: dict[str, float | None], path: Path) -> Path:
     """Latency distributions (batch 1, ms) and top-1 per model, side by side."""
     plt = pyplot()
-    fig, (ax_lat, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_lat, ax_acc) = plt.subplots(1, 2, figsize=(14, 5))
     ax_lat.boxplot(list(samples.values()), showfliers=True)
-    ax_lat.set_xticks(range(1, len(samples) + 1), list(samples))
+    ax_lat.set_xticks(range(1, len(samples) + 1), list(samples), rotation=35, ha="right")
     ax_lat.set_ylabel("latency per image (ms), batch 1")
-    ax_lat.set_title("ONNX Runtime CPU latency")
+    ax_lat.set_title("CPU latency per runtime and model")
     labels = [k for k, v in top1.items() if v is not None]
     bars = ax_acc.bar(labels, [100 * top1[k] for k in labels], color="tab:blue")
+    ax_acc.tick_params(axis="x", rotation=35)
     ax_acc.bar_label(bars, fmt="%.2f")
     low = min((100 * top1[k] for k in labels), default=0)
     ax_acc.set_ylim(max(0, low - 5), 100)

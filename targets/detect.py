@@ -72,7 +72,7 @@ def match_profile(platform: Platform, profiles: dict[str, TargetProfile]) -> tup
     if platform.gpu_name:
         return _match_gpu(platform, profiles)
     cpu = profiles.get("cpu")
-    return cpu, "no NVIDIA GPU found (no /proc/driver/nvidia/gpus): ONNX Runtime on the CPU"
+    return cpu, "no NVIDIA GPU found (no /proc/driver/nvidia/gpus): the CPU, on the runtime make bench chooses"
 
 
 def target_profile(name: str, fit: bool = True, platform: Platform | None = None) -> TargetProfile:

@@ -109,16 +109,18 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory, datasets_root: Path) ->
 
 @pytest.fixture(scope="session")
 def quantized_run(digits_run: Config) -> Config:
-    """The digits run calibrated (100 images), quantized and evaluated."""
+    """The digits run calibrated (100 images), quantized, evaluated, and benched on the cpu
+    target (30 runs a model), which chooses the runtime that target deploys here."""
     import dataclasses
 
     from pipeline.workstation import calibrate, quantize
 
-    from pipeline.device import evaluate
+    from pipeline.device import bench, evaluate
 
     cfg = dataclasses.replace(digits_run, calibrate=dataclasses.replace(digits_run.calibrate, images=100))
     calibrate.run(cfg)
     quantize.run(cfg)
     evaluate.run(cfg)
+    bench.run(dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, bench_runs=30)))
     return cfg
 from tests.emulator_fixtures import trt_emulator  # noqa: F401,E402

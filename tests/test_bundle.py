@@ -70,7 +70,7 @@ def test_the_same_bundle_again_is_a_no_op_and_another_run_is_refused(quantized_r
     with pytest.raises(StaleArtifactError, match="already holds another bundle"):
         bundle_stage.unpack_bundle(other, device)
     workstation_run = quantized_run.run_dir
-    with pytest.raises(StaleArtifactError, match="already holds another run \\(best.pt"):
+    with pytest.raises(StaleArtifactError, match=r"already holds another run \(bench, best.pt"):
         bundle_stage.unpack_bundle(archive, workstation_run)
     assert not (workstation_run / "bundle.json").exists()
 

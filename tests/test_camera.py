@@ -1,5 +1,6 @@
 """The camera loop with real OpenCV: clips written with cv2.VideoWriter, replayed headless
-through ONNX Runtime runners (INT8 cpu rendering beside the FP32 reference)."""
+through the runners the cpu target deploys (the INT8 model on the runtime bench chose,
+beside the FP32 reference in true f32 on the same runtime)."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +19,8 @@ from pipeline.device.camera.clip import make_clip
 from pipeline.device.camera.sources import (CsiRequest, FrameSource, accepts_bgrx, bgrx_to_bgr, csi_pipeline,
                                             open_source, parse_csi)
 from pipeline.config import EvaluateConfig
+from pipeline.device.deployment import deployment
+from targets.profile import get_profile
 from pipeline.imagefolder import scan_split
 from pipeline.errors import DataError
 
@@ -25,6 +28,12 @@ from pipeline.errors import DataError
 def camera_cfg(run, tmp_path: Path, **changes):
     cam = dataclasses.replace(run.camera, headless=True, summary=str(tmp_path / "summary.json"), **changes)
     return dataclasses.replace(run, camera=cam)
+
+
+def offline_deployed(run, out: Path) -> EvaluateConfig:
+    """Offline evaluation of the model the cpu target deploys, on the runtime bench chose for it."""
+    chosen = deployment(run.run_dir, get_profile("cpu")).model
+    return EvaluateConfig(model=str(chosen.path), runtime=chosen.runtime, out=str(out))
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +51,7 @@ def val_subset(quantized_run, tmp_path_factory) -> Path:
 def test_image_folder_accuracy_equals_offline_evaluation(quantized_run, val_subset, tmp_path) -> None:
     summary = loop.run(camera_cfg(quantized_run, tmp_path, source=str(val_subset), shadow_every=1))
     live = json.loads(summary.read_text())
-    offline_cfg = dataclasses.replace(quantized_run, evaluate=EvaluateConfig(
-        model=str(quantized_run.run_dir / "model.int8.cpu.onnx"), out=str(tmp_path / "e.json")),
+    offline_cfg = dataclasses.replace(quantized_run, evaluate=offline_deployed(quantized_run, tmp_path / "e.json"),
         data=dataclasses.replace(quantized_run.data, path=str(val_subset)))
     evaluate.run(offline_cfg)
     offline = json.loads((tmp_path / "e.json").read_text())
@@ -241,8 +249,8 @@ def test_ctrl_c_ends_with_the_summary_not_a_traceback(quantized_run, tmp_path) -
            "--set", f'run.root="{quantized_run.run.root}"', "--set", f'data.root="{quantized_run.data.root}"']
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    started = proc.stdout.readline()  # the loop announces itself once frames flow
-    assert started.startswith("camera: reading"), started
+    lines = [proc.stdout.readline() for _ in range(2)]  # the models it runs, then frames flowing
+    assert lines[0].startswith("models: ") and lines[1].startswith("camera: reading"), lines
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -288,8 +296,7 @@ def test_still_clip_accuracy_matches_offline_evaluation(quantized_run, val_subse
     split = scan_split(val_subset, tuple(str(d) for d in range(10)))
     clip = make_clip(split, tmp_path / "still.mkv", 0, 1, (8, 8), seed=0, motion=0.0)
     live = json.loads(loop.run(camera_cfg(quantized_run, tmp_path, source=f"replay:{clip}")).read_text())
-    offline_cfg = dataclasses.replace(quantized_run, evaluate=EvaluateConfig(
-        model=str(quantized_run.run_dir / "model.int8.cpu.onnx"), out=str(tmp_path / "e.json")),
+    offline_cfg = dataclasses.replace(quantized_run, evaluate=offline_deployed(quantized_run, tmp_path / "e.json"),
         data=dataclasses.replace(quantized_run.data, path=str(val_subset)))
     evaluate.run(offline_cfg)
     offline = json.loads((tmp_path / "e.json").read_text())

@@ -149,15 +149,21 @@ def test_corrupt_calibration_image_is_named_unless_skipped(digits_run, tmp_path:
 
 
 def test_bench_quant_compares_side_by_side(quantized) -> None:
+    """Both runtimes, every rendering, in one run; accuracy joined from evaluate's rows."""
+    from pipeline.runners.openvino_runner import has_bf16
     from pipeline.workstation import bench_quant
 
     cfg = dataclasses.replace(quantized, evaluate=dataclasses.replace(quantized.evaluate, bench_runs=20))
     record = json.loads(bench_quant.run(cfg).read_text())
     rows = {r["model"]: r for r in record["rows"]}
-    assert set(rows) == {"fp32", "int8", "int8-cpu"}
-    assert rows["fp32"]["latency_ratio_vs_fp32"] == 1.0
-    assert rows["int8"]["latency_ms"]["runs"] == 20 and rows["int8"]["latency_ms"]["p99"] >= rows["int8"]["latency_ms"]["median"]
-    assert rows["int8-cpu"]["size_mb"] < rows["fp32"]["size_mb"]
+    assert set(rows) == {f"{runtime}-{p}" for runtime in ("onnxruntime", "openvino") for p in ("fp32", "int8", "int8-cpu")} \
+        | ({"openvino-bf16"} if has_bf16() else set())
+    assert rows["onnxruntime-fp32"]["latency_ratio_vs_fp32"] == 1.0
+    assert rows["openvino-int8"]["file"] == rows["onnxruntime-int8"]["file"] == "model.int8.onnx"
+    for row in rows.values():
+        assert row["latency_ms"]["runs"] == 20 and row["latency_ms"]["p99"] >= row["latency_ms"]["median"]
+        assert row["top1"] is not None and row["agreement"] is not None, row["model"]
+    assert rows["onnxruntime-int8-cpu"]["size_mb"] < rows["onnxruntime-fp32"]["size_mb"]
     assert (quantized.run_dir / "bench" / "quant.png").is_file()
 
 

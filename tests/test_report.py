@@ -27,7 +27,7 @@ def benched(quantized_run, tmp_path_factory) -> Path:
     """A copy of the quantized digits run with a bench (measured once for the module)."""
     root = tmp_path_factory.mktemp("benched")
     shutil.copytree(quantized_run.run_dir, root / quantized_run.run_name,
-                    ignore=shutil.ignore_patterns("engines", "camera", "bench"))
+                    ignore=shutil.ignore_patterns("engines", "camera", "bench", "deploy"))
     cfg = dataclasses.replace(quantized_run, run=dataclasses.replace(quantized_run.run, root=str(root)),
                               evaluate=dataclasses.replace(quantized_run.evaluate, bench_runs=20))
     bench.run(cfg)
@@ -45,12 +45,17 @@ def reporting(quantized_run, benched, tmp_path):
         report=dataclasses.replace(quantized_run.report, history=str(tmp_path / "reports" / "history.sqlite")))
 
 
+def deployed(cfg) -> str:
+    """The label bench chose for the cpu target on this machine: measured, so not fixed here."""
+    return json.loads((cfg.run_dir / "deploy" / "cpu.json").read_text())["label"]
+
+
 def accepting(cfg, accept=True, baseline=0):
     return dataclasses.replace(cfg, report=dataclasses.replace(cfg.report, accept=accept, baseline=baseline))
 
 
 def test_bench_writes_statistics_and_samples(reporting) -> None:
-    record = json.loads((reporting.run_dir / "bench" / "onnxruntime-int8-cpu.json").read_text())
+    record = json.loads((reporting.run_dir / "bench" / f"{deployed(reporting)}.json").read_text())
     lat = record["latency_ms"]
     assert lat["runs"] == 20 and len(record["samples_ms"]) == 20
     assert lat["min"] <= lat["median"] <= lat["p90"] <= lat["p99"] <= lat["max"] and lat["std"] >= 0
@@ -65,12 +70,15 @@ def test_first_report_has_no_gate_then_a_good_build_passes(reporting) -> None:
     folder = Path(reporting.report.history).parent / str(second["id"])
     for name in ("report.json", "report.md", "report.html", "latency.png", "accuracy.png", "history.png"):
         assert (folder / name).is_file(), name
-    assert "| onnxruntime-int8-cpu |" in (folder / "report.md").read_text()
+    md = (folder / "report.md").read_text()
+    for label in ("onnxruntime-fp32", "onnxruntime-int8-cpu", "openvino-fp32", "openvino-int8", deployed(reporting)):
+        assert f"| {label} |" in md, label
+    assert f"Deployed on cpu: **{deployed(reporting)}**" in md
 
 
 def test_a_degraded_int8_model_fails_the_gate(reporting) -> None:
     report.run(accepting(reporting))
-    worse = reporting.run_dir / "eval" / "onnxruntime-int8-cpu.json"
+    worse = reporting.run_dir / "eval" / f"{deployed(reporting)}.json"
     record = json.loads(worse.read_text())
     record["top1"] -= 0.05
     record["versus_reference"]["top1_drop"] += 0.05
@@ -81,26 +89,26 @@ def test_a_degraded_int8_model_fails_the_gate(reporting) -> None:
 
 def test_agreement_below_the_targets_budget_fails_the_gate(reporting) -> None:
     """Equal top-1 can hide many flipped images; the target's min_agreement catches them."""
-    flipped = reporting.run_dir / "eval" / "onnxruntime-int8-cpu.json"
+    flipped = reporting.run_dir / "eval" / f"{deployed(reporting)}.json"
     record = json.loads(flipped.read_text())
     record["versus_reference"]["top1_drop"] = 0.0
     record["versus_reference"]["top1_agreement"] = 0.95
     flipped.write_text(json.dumps(record))
-    with pytest.raises(RegressionError, match=r"onnxruntime-int8-cpu agrees with FP32 on 95.00% of images "
+    with pytest.raises(RegressionError, match=rf"{deployed(reporting)} agrees with FP32 on 95.00% of images "
                                               r"\(budget 99.00%\)"):
         report.run(accepting(reporting))
 
 
 def test_a_deployed_model_without_accuracy_fails_the_gate(reporting) -> None:
     """The INT8 model users deploy must have its accuracy defended, not skipped."""
-    (reporting.run_dir / "eval" / "onnxruntime-int8-cpu.json").unlink()
-    with pytest.raises(RegressionError, match="onnxruntime-int8-cpu, the model cpu deploys, has no accuracy"):
+    (reporting.run_dir / "eval" / f"{deployed(reporting)}.json").unlink()
+    with pytest.raises(RegressionError, match=f"{deployed(reporting)}, the model cpu deploys, has no accuracy"):
         report.run(accepting(reporting))
 
 
 def test_a_slower_build_fails_beyond_the_noise_allowance(reporting) -> None:
     report.run(accepting(reporting))
-    slow = reporting.run_dir / "bench" / "onnxruntime-int8-cpu.json"
+    slow = reporting.run_dir / "bench" / f"{deployed(reporting)}.json"
     record = json.loads(slow.read_text())
     # beyond the allowance however noisy this machine's 20 runs were (a loaded CI box can make it 200%+)
     allowance = max(reporting.report.min_noise, 2 * report._spread(record["samples_ms"]))
@@ -238,7 +246,7 @@ def _rows(cfg, columns: str = "id, accepted") -> list[tuple]:
 
 def _degrade(cfg) -> None:
     """The deployed INT8 model five points worse: beyond the cpu target's budget."""
-    path = cfg.run_dir / "eval" / "onnxruntime-int8-cpu.json"
+    path = cfg.run_dir / "eval" / f"{deployed(cfg)}.json"
     record = json.loads(path.read_text())
     record["top1"] -= 0.05
     record["versus_reference"]["top1_drop"] += 0.05

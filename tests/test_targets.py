@@ -38,7 +38,7 @@ def test_every_shipped_profile_loads() -> None:
     profiles = load_profiles()
     assert set(profiles) == {"cpu", "jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin",
                              "jetson-xavier-nx", "desktop", "datacenter"}
-    assert profiles["cpu"].runtime == "onnxruntime"
+    assert profiles["cpu"].runtime == "auto" and profiles["cpu"].on_cpu  # bench chooses the CPU runtime
     assert not profiles["jetson-orin-nano"].has_dla and profiles["jetson-agx-orin"].has_dla
 
 

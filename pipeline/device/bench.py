@@ -5,6 +5,9 @@ runner's CUDA-event timings (copies apart) are recorded beside the wall-clock fi
 On an integrated GPU (a Jetson) each engine runs both ways in the same rounds: with mapped
 (zero-copy) memory under its own label, as the deployed loop runs it, and with page-locked
 buffers plus device copies under ``<label>-copied``; which wins depends on the board.
+On a CPU target every installed CPU runtime runs every INT8 rendering and the FP32 file
+(and BF16 where the CPU has it) in the same rounds, and the target's deployment is chosen
+from these figures (``deploy/<target>.json``, see deployment.py).
 Writes ``bench/<label>.json`` (``<runtime>-<precision>[-copied]``) with the statistics,
 every sample and the ``memory`` strategy (None for runtimes without device buffers)."""
 from __future__ import annotations
@@ -19,8 +22,9 @@ import numpy as np
 from pipeline.artifacts import write_json
 from pipeline.config import Config
 from pipeline.errors import DataError
+from pipeline.device.deployment import choose_cpu, cpu_models, write_choice
 from pipeline.device.latency import measure_latency, summarize
-from pipeline.runners.registry import open_model
+from pipeline.runners.registry import ModelSpec
 from targets.detect import target_profile
 from targets.profile import TargetProfile
 
@@ -47,9 +51,10 @@ def run(cfg: Config) -> Path:
         samples, extra = time_interleaved(opened, cfg.evaluate.bench_runs, cfg.bench.batch)
     finally:
         close_models(opened)
-    written = []
+    written, p50 = [], {}
     for label, model in opened.items():
         stats = summarize(samples[label], cfg.bench.batch, label)
+        p50[label] = stats.median
         record = {"model": str(model.path), "label": label, "target": profile.name, **label_parts(label),
                   "memory": getattr(model.runner, "memory", None), "batch": cfg.bench.batch, "threads": threads,
                   "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -58,6 +63,10 @@ def run(cfg: Config) -> Path:
                   "size_mb": model.path.stat().st_size / 1e6}
         written.append(write_json(cfg.run_dir / "bench" / f"{label}.json", record))
         print(f"{label:<22} p50 {stats.median:7.2f} ms  p99 {stats.p99:7.2f} ms  {stats.throughput:8.1f} img/s")
+    if profile.on_cpu:
+        choice = choose_cpu(profile, p50)
+        print(f"target {profile.name} deploys {choice['label']}: {choice['why']}\n"
+              f"  (recorded in {write_choice(cfg.run_dir, choice)})")
     return written[-1]
 
 
@@ -67,20 +76,19 @@ def label_parts(label: str) -> Dict[str, str]:
     return {"runtime": base.split("-")[0], "precision": base.split("-", 1)[1]}
 
 
-def available_models(out: Path, profile: TargetProfile) -> Dict[str, Path]:
-    """label (``<runtime>-<precision>``) → file, for the target's models that exist: the
-    target's engines on a TensorRT target, the run's checkpoint and ONNX models on ``cpu``."""
-    if profile.runtime == "tensorrt":
-        folder = out / "engines" / profile.name
-        candidates = {f"tensorrt-{p}": folder / f"model.{p}.engine" for p in ("fp32", "fp16", "int8")}
-    else:
-        candidates = {"torch-fp32": out / "model.pt", "onnxruntime-fp32": out / "model.fp32.onnx",
-                      "onnxruntime-int8": out / "model.int8.onnx",
-                      "onnxruntime-int8-cpu": out / "model.int8.cpu.onnx"}
-    return {label: path for label, path in candidates.items() if path.is_file()}
+def available_models(out: Path, profile: TargetProfile) -> Dict[str, ModelSpec]:
+    """label (``<runtime>-<precision>``) → model, for the target's models that exist: the
+    target's engines on a TensorRT target, the run's checkpoint and ONNX files on every
+    installed CPU runtime on a CPU target."""
+    if profile.on_cpu:
+        return cpu_models(out)
+    folder = out / "engines" / profile.name
+    candidates = {f"tensorrt-{p}": ModelSpec(f"tensorrt-{p}", folder / f"model.{p}.engine")
+                  for p in ("fp32", "fp16", "int8")}
+    return {label: spec for label, spec in candidates.items() if spec.path.is_file()}
 
 
-def interleaved_latency(models: Dict[str, Path], threads: int, runs: int,
+def interleaved_latency(models: Dict[str, ModelSpec], threads: int, runs: int,
                         batch_size: int = 1) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     """``runs`` timings per model taken in ROUNDS alternating rounds, plus device timings."""
     opened = open_models(models, threads)
@@ -90,15 +98,15 @@ def interleaved_latency(models: Dict[str, Path], threads: int, runs: int,
         close_models(opened)
 
 
-def open_models(models: Dict[str, Path], threads: int) -> Dict[str, Opened]:
+def open_models(models: Dict[str, ModelSpec], threads: int) -> Dict[str, Opened]:
     """Each model opened as it deploys; an engine that chose mapped memory (an integrated
     GPU) is opened a second time with copied memory, as ``<label>-copied``."""
     opened: Dict[str, Opened] = {}
-    for label, path in models.items():
-        runner, info = open_model(path, threads)
-        opened[label] = Opened(path, runner, info)
+    for label, spec in models.items():
+        runner, info = spec.open(threads)
+        opened[label] = Opened(spec.path, runner, info)
         if getattr(runner, "memory", None) == "mapped":
-            opened[label + COPIED] = Opened(path, *open_copied(path))
+            opened[label + COPIED] = Opened(spec.path, *open_copied(spec.path))
     return opened
 
 

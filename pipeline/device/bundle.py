@@ -39,7 +39,7 @@ CLIP = "clip/replay.avi"        # MJPEG: OpenCV reads it without FFmpeg (JetPack
 SUMS = "SHA256SUMS"
 COMMON_FILES = ("model.fp32.onnx", "model.fp32.onnx.json", "model.int8.onnx", "quantize.json",
                 "calibration/manifest.json")
-CPU_FILES = ("model.int8.cpu.onnx",)  # only the cpu target runs the UINT8 rendering
+CPU_FILES = ("model.int8.cpu.onnx",)  # only a CPU target may deploy the UINT8 rendering (bench chooses)
 
 
 def run(cfg: Config) -> Path:
@@ -81,7 +81,7 @@ def make_bundle(run_dir: Path, out: Path, target: str, val: ImageSplit, cfg: Bun
 
 
 def _run_files(run_dir: Path, target: str) -> Dict[str, Path]:
-    wanted = COMMON_FILES + (CPU_FILES if _runtime(target) == "onnxruntime" else ())
+    wanted = COMMON_FILES + (CPU_FILES if _runtime(target) != "tensorrt" else ())
     files = {name: run_dir / name for name in wanted if (run_dir / name).is_file()}
     for needed in ("model.fp32.onnx", "model.int8.onnx"):
         if needed not in files:

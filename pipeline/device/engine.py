@@ -16,6 +16,8 @@ from typing import Any, Dict
 from pipeline.artifacts import atomic_path, provenance, read_json, sha256_file, sidecar_path, write_json
 from pipeline.config import Config
 from pipeline.device.bundle import is_device_run
+from pipeline.device.deployment import deployment
+from pipeline.errors import StaleArtifactError
 from pipeline.device.tensorrt_build import BuildRequest, BuildResult, build_engine
 from pipeline.onnx_meta import read_metadata
 from pipeline.optional import import_pycuda
@@ -30,16 +32,27 @@ def run(cfg: Config) -> Path:
     out = cfg.run_dir
     platform = detect_platform()  # once: on a desktop it asks nvidia-smi
     profile = target_profile(cfg.engine.target, platform=platform)
-    if profile.runtime == "onnxruntime":
-        model = out / "model.int8.cpu.onnx"
-        print(f"target {profile.name} runs ONNX Runtime: it deploys {model}; no engine to build")
-        return model
+    if profile.on_cpu:
+        return say_cpu_deployment(out, profile)
     trt = import_tensorrt(platform)
     cuda = import_pycuda("for the GPU's identity and buffers")
     identity = machine_identity(trt, cuda, platform)
     built = [build_one(trt, out, profile, precision, identity)
              for precision in dict.fromkeys((profile.precision, "fp32"))]
     return built[0]
+
+
+def say_cpu_deployment(out: Path, profile: TargetProfile) -> Path:
+    """A CPU target builds no engine: say what it deploys (bench's choice on this machine),
+    or, before bench has chosen, what it will choose among."""
+    try:
+        chosen = deployment(out, profile)
+    except StaleArtifactError as exc:
+        print(f"target {profile.name} runs a CPU runtime: no engine to build. {exc}")
+        return out / "model.int8.onnx"
+    print(f"target {profile.name} runs a CPU runtime: no engine to build; it deploys {chosen.model.label} "
+          f"({chosen.model.path}): {chosen.why}")
+    return chosen.model.path
 
 
 def build_one(trt: Any, out: Path, profile: TargetProfile, precision: str, identity: Dict[str, Any],

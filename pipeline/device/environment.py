@@ -15,7 +15,7 @@ from typing import Any
 
 from targets.detect import detect_platform, system_root
 
-PACKAGES = ("onnxruntime", "torch", "opencv-python", "onnx", "nncf", "tensorrt")
+PACKAGES = ("onnxruntime", "openvino", "torch", "opencv-python", "onnx", "nncf", "tensorrt")
 
 
 def describe_environment(root: Path | None = None) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 labelled images, through the Runner interface, and INT8-vs-FP32 agreement with flips.
 
 In a run it scores the models the target deploys on the same decoded images and writes
-``eval/<runtime>-<precision>.json``: on the ``cpu`` target the run's ONNX models and
-checkpoint on the val split; on a TensorRT target the target's engines (the FP32
+``eval/<runtime>-<precision>.json``: on a CPU target every row bench times (the run's ONNX
+files on every installed CPU runtime, BF16 where the CPU has it, the checkpoint) on the val
+split, so that whichever bench chooses has its accuracy; on a TensorRT target the target's engines (the FP32
 reference engine first), on the val split or, in a run unpacked from a bundle, on the
 labelled images the bundle carries. ``--model FILE --data DIR`` scores any model on any
 labelled folder.
@@ -19,19 +20,15 @@ import numpy as np
 from pipeline.artifacts import provenance, write_json
 from pipeline.config import Config
 from pipeline.device.bundle import EVAL_SET, is_device_run
+from pipeline.device.deployment import cpu_models, deployment
 from pipeline.errors import DataError
 from pipeline.imagefolder import ImageSplit, laid_out_split, open_split, scan_split
 from pipeline.preprocess import Preprocessing, load_images
 from pipeline.runners.base import ModelInfo, Runner
 from pipeline.runners.compare import require_finite, softmax
-from pipeline.runners.registry import open_model
+from pipeline.runners.registry import ModelSpec, open_model
 from targets.detect import target_profile
 from targets.profile import TargetProfile
-
-# the run's models on the cpu target and the label each gets in eval/<runtime>-<label>.json
-# (the first one present is the reference that agreement is measured against)
-RUN_MODELS = {"model.fp32.onnx": "fp32", "model.pt": "fp32", "model.int8.onnx": "int8",
-              "model.int8.cpu.onnx": "int8-cpu", "model.int8.ort.onnx": "int8-ort"}
 
 
 @dataclass
@@ -62,7 +59,7 @@ def run(cfg: Config) -> Path:
     out = cfg.run_dir
     profile = target_profile(cfg.engine.target)
     models = deployed_models(out, profile)
-    opened = [open_model(m, cfg.evaluate.threads) for m in models]
+    opened = [m.open(cfg.evaluate.threads) for m in models]
     split = evaluation_split(cfg, opened[0][1].classes)
     # what each runner runs at once: an engine splits the fed batches to its profile's max
     batching = [{"fed": cfg.evaluate.batch_size, "runs": min(cfg.evaluate.batch_size, getattr(r, "max_batch", 1 << 30))}
@@ -70,25 +67,26 @@ def run(cfg: Config) -> Path:
     cache: Dict[Preprocessing, np.ndarray] = {}
     scores = [score(runner, info, split, cfg, cache) for runner, info in opened]
     reference = scores[0]
-    written = [_write(s, reference, split, out / "eval", profile, b) for s, b in zip(scores, batching)]
+    written = [_write(m.label, s, reference, split, out / "eval", profile, b)
+               for m, s, b in zip(models, scores, batching)]
     print_table(scores, reference)
     return written[-1]
 
 
-def deployed_models(out: Path, profile: TargetProfile) -> List[Path]:
-    """What this target runs: its engines (FP32 reference first), or the run's ONNX models
-    and checkpoint on the ``cpu`` target."""
-    if profile.runtime == "tensorrt":
-        folder = out / "engines" / profile.name
-        wanted = [folder / f"model.{p}.engine" for p in dict.fromkeys(("fp32", profile.precision))]
-        missing = [p for p in wanted if not p.is_file()]
-        if missing:
-            raise DataError(f"{missing[0]}: not built; run make engine TARGET={profile.name} first")
-        return wanted
-    models = [out / name for name in RUN_MODELS if (out / name).is_file()]
-    if not models:
-        raise DataError(f"{out}: no model to evaluate (expected {', '.join(RUN_MODELS)})")
-    return models
+def deployed_models(out: Path, profile: TargetProfile) -> List[ModelSpec]:
+    """What this target runs, the FP32 reference first: its engines, or every row a CPU
+    target measures."""
+    if profile.on_cpu:
+        models = list(cpu_models(out).values())
+        if not models:
+            raise DataError(f"{out}: no model to evaluate (expected model.fp32.onnx, model.int8.onnx or model.pt)")
+        return models
+    chosen = deployment(out, profile)
+    wanted = [chosen.reference, chosen.model] if chosen.model != chosen.reference else [chosen.reference]
+    missing = [m.path for m in wanted if not m.path.is_file()]
+    if missing:
+        raise DataError(f"{missing[0]}: not built; run make engine TARGET={profile.name} first")
+    return wanted
 
 
 def evaluation_split(cfg: Config, classes: tuple) -> ImageSplit:
@@ -102,7 +100,7 @@ def evaluation_split(cfg: Config, classes: tuple) -> ImageSplit:
 def evaluate_file(cfg: Config) -> Path | None:
     """``evaluate --model FILE --data DIR``: any model on an ImageFolder tree or one split."""
     model = Path(cfg.evaluate.model)
-    runner, info = open_model(model, cfg.evaluate.threads)
+    runner, info = open_model(model, cfg.evaluate.threads, cfg.evaluate.runtime)
     split = open_split(Path(cfg.data.path), info.classes) if cfg.data.path else evaluation_split(cfg, info.classes)
     scores = score(runner, info, split, cfg, {})
     print_table([scores], scores)
@@ -165,10 +163,9 @@ def print_table(scores: List[Scores], reference: Scores) -> None:
               f"{100 * (base - top1):>6.2f}p {agree:>7.2%}  {s.info.path.name}")
 
 
-def _write(scores: Scores, reference: Scores, split: ImageSplit, folder: Path, profile: TargetProfile,
-           batching: Dict[str, int]) -> Path:
-    label = RUN_MODELS.get(scores.info.path.name, scores.info.precision)
-    path = folder / f"{scores.info.runtime}-{label}.json"
+def _write(label: str, scores: Scores, reference: Scores, split: ImageSplit, folder: Path,
+           profile: TargetProfile, batching: Dict[str, int]) -> Path:
+    path = folder / f"{label}.json"
     record = {**provenance("evaluate", {"model": scores.info.path}), "data": str(split.root),
               "target": profile.name, "runtime": scores.info.runtime, "precision": scores.info.precision,
               "batching": batching, **scores.summary(), "versus_reference": compare(scores, reference, split.files)}

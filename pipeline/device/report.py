@@ -30,12 +30,12 @@ import numpy as np
 from pipeline.device import history
 from pipeline.artifacts import read_json, write_json, write_text
 from pipeline.config import Config, ReportConfig, config_to_dict
+from pipeline.device.deployment import deployment
 from pipeline.device.environment import describe_environment
 from pipeline.errors import ArtifactWriteError, ConfigError, RegressionError, StaleArtifactError
 from targets.detect import target_profile
 from targets.profile import TargetProfile
 
-CPU_DEPLOYED = "onnxruntime-int8-cpu"  # what the cpu target deploys; TensorRT targets: tensorrt-<precision>
 
 
 def run(cfg: Config) -> Path:
@@ -44,9 +44,10 @@ def run(cfg: Config) -> Path:
     reports = Path(cfg.report.history).parent  # report folders, named by history id, beside the history
     with contextlib.closing(history.open_history(Path(cfg.report.history))) as conn:
         base = choose_baseline(conn, cfg.report, profile.name, model)
-        rows = collect_rows(out, profile)
-        summary = {"run": cfg.run_name, "target": profile.name, "rows": rows, "deployed": deployed_label(profile),
-                   "reference": reference_label(profile),
+        deployed = deployed_record(out, profile)
+        rows = collect_rows(out, profile, deployed["reference"])
+        summary = {"run": cfg.run_name, "target": profile.name, "rows": rows, "deployed": deployed["label"],
+                   "reference": deployed["reference"], "deployment": deployed,
                    "quantize": _optional(out / "quantize.json"), "camera": latest_camera(out),
                    "environment": describe_environment()}
         failures, notes = gate(summary, base, profile, cfg.report)
@@ -109,16 +110,16 @@ def acceptance_record(entry: dict[str, Any] | None) -> dict[str, Any] | None:
             "with_failures": entry.get("accepted_with_failures")}
 
 
-def collect_rows(out: Path, profile: TargetProfile) -> list[dict[str, Any]]:
+def collect_rows(out: Path, profile: TargetProfile, reference: str) -> list[dict[str, Any]]:
     """One row per model of this target: accuracy from eval/, latency from bench/, joined
-    by label; the speed-up is against the FP32 reference of the deployed runtime."""
+    by label; the speed-up is against ``reference``, the FP32 of the deployed runtime."""
     evals = _for_target((out / "eval").glob("*.json"), profile)
     found = _for_target((out / "bench").glob("*.json"), profile)
     benches = {label: record for label, record in found.items() if "samples_ms" in record}  # not clips
     if not evals and not benches:
         raise ConfigError(f"{out}: nothing to report for {profile.name} (no eval/ or bench/ JSON); run "
                           f"make evaluate and make bench")
-    fp32 = benches.get(reference_label(profile), {}).get("latency_ms", {}).get("median")
+    fp32 = benches.get(reference, {}).get("latency_ms", {}).get("median")
     rows = []
     for label in sorted(set(evals) | set(benches), key=_order):
         e, b = evals.get(label, {}), benches.get(label, {})
@@ -141,14 +142,16 @@ def _for_target(paths: Any, profile: TargetProfile) -> dict[str, Any]:
     return {label: r for label, r in records.items() if r.get("target", profile.name) == profile.name}
 
 
-def deployed_label(profile: TargetProfile) -> str:
-    """The model this target deploys, whether or not the run has results for it."""
-    return CPU_DEPLOYED if profile.runtime == "onnxruntime" else f"tensorrt-{profile.precision}"
-
-
-def reference_label(profile: TargetProfile) -> str:
-    """The FP32 model the deployed one is measured against, on the same runtime."""
-    return "onnxruntime-fp32" if profile.runtime == "onnxruntime" else "tensorrt-fp32"
+def deployed_record(out: Path, profile: TargetProfile) -> dict[str, Any]:
+    """The model this target deploys, its FP32 reference and why (a CPU target: bench's
+    choice on this machine), whether or not the run has results for them. A CPU target
+    that bench has not chosen for has no deployed label, and its gate says so."""
+    try:
+        chosen = deployment(out, profile)
+    except StaleArtifactError as exc:
+        return {"label": None, "reference": None, "why": str(exc), "file": None, "p50_ms": {}}
+    return {"label": chosen.model.label, "reference": chosen.reference.label, "why": chosen.why,
+            "file": chosen.model.path.name, "p50_ms": chosen.record.get("p50_ms", {})}
 
 
 def choose_baseline(conn: Any, cfg: ReportConfig, target: str, model: str) -> dict[str, Any] | None:
@@ -167,6 +170,8 @@ def gate(summary: dict[str, Any], base: dict[str, Any] | None, profile: TargetPr
          cfg: ReportConfig) -> tuple[list[str], list[str]]:
     """What regressed (failures) and what the reader should know (notes)."""
     rows = {r["label"]: r for r in summary["rows"]}
+    if summary["deployed"] is None:
+        return [f"no deployed model for {profile.name}: {summary['deployment']['why']}"], []
     row = rows.get(summary["deployed"])
     failures, notes = [], []
     if row is None or row["drop"] is None or row["agreement"] is None:
@@ -180,6 +185,9 @@ def gate(summary: dict[str, Any], base: dict[str, Any] | None, profile: TargetPr
                         f"(budget {profile.min_agreement:.2%})")
     if profile.latency_p99_ms and row["p99"] and row["p99"] > profile.latency_p99_ms:
         failures.append(f"{row['label']} p99 {row['p99']:.2f} ms over the budget {profile.latency_p99_ms} ms")
+    if base is not None and base["summary"].get("deployed") not in (None, summary["deployed"]):
+        notes.append(f"the deployed model changed from {base['summary']['deployed']} (baseline {base['id']}) to "
+                     f"{summary['deployed']}; each row is compared with the baseline's row of the same label")
     if base is None:
         notes.append("no accepted baseline for this target and model: compared with the budgets only "
                      "(mark one with `report --accept`)")
@@ -201,6 +209,15 @@ def _versus_baseline(row: dict[str, Any], base: dict[str, Any], cfg: ReportConfi
             failures.append(f"{row['label']} p99 {row['p99']:.2f} ms vs baseline {old['p99']:.2f} ms "
                             f"(+{row['p99'] / old['p99'] - 1:.0%}, noise allowance {allowance:.0%})")
     return failures
+
+
+def deployment_lines(summary: dict[str, Any]) -> list[str]:
+    """What the target deploys and why: on a CPU target, bench's choice with its figures."""
+    chosen = summary.get("deployment") or {}
+    if not chosen.get("label"):
+        return []
+    return [f"\nDeployed on {summary['target']}: **{chosen['label']}** ({chosen['file']}), speed-ups against "
+            f"{chosen['reference']}: {chosen['why']}."]
 
 
 def camera_lines(camera: dict[str, Any] | None) -> list[str]:
@@ -227,6 +244,7 @@ def markdown(summary: dict[str, Any], run_id: int, base: dict[str, Any] | None) 
     extra = [f"\nCalibration: {quant.get('calibration', {}).get('images', '-')} images, set "
              f"{str(quant.get('calibration', {}).get('set_sha256', '-'))[:12]}; layers kept in float: "
              f"{', '.join(quant.get('float_layers') or []) or 'none'}."]
+    extra += deployment_lines(summary)
     extra += camera_lines(summary.get("camera"))
     state = summary["environment"].get("jetson_state")
     if state and not state["clocks_locked"]:

@@ -34,7 +34,6 @@ from pipeline.device.camera.stages import Budget
 from pipeline.device.camera.stats import LoopStats
 from pipeline.plots import pyplot
 from pipeline.runners.base import ModelInfo, Runner
-from pipeline.runners.registry import open_model
 from pipeline.workstation.data import open_dataset
 
 SIZES = ((640, 480), (224, 224))
@@ -61,8 +60,8 @@ def run(cfg: Config) -> Path:
     budget, previous = Budget.from_config(cfg.camera), cv2.getNumThreads()
     cv2.setNumThreads(budget.opencv)  # the loop's OpenCV budget for everything measured here
     try:
-        int8, info = open_model(model, budget.int8)
-        alone = Alone(int8, open_model(reference, budget.fp32)[0], info)
+        int8, info = model.open(budget.int8)
+        alone = Alone(int8, reference.open(budget.fp32)[0], info)
         rows = []
         for size in SIZES:
             clip = make_clip(split, cfg.run_dir / "bench" / f"clip-{size[0]}x{size[1]}.avi",
@@ -74,7 +73,8 @@ def run(cfg: Config) -> Path:
         paced += [paced_run(cfg, fps) for fps in PACED_FPS[1:]]
     finally:
         cv2.setNumThreads(previous)
-    path = write_json(cfg.run_dir / "bench" / "camera.json", {"model": str(model), "reference": str(reference),
+    path = write_json(cfg.run_dir / "bench" / "camera.json", {"model": str(model.path), "reference": str(reference.path),
+                                                              "runtime": info.runtime,
                                                               "budget": dataclasses.asdict(budget),
                                                               "rows": rows, "paced": paced, "serial_control": control})
     print_tables(rows, paced, control)

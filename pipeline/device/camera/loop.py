@@ -29,17 +29,20 @@ from pipeline.config import CameraConfig, Config
 from pipeline.errors import DataError, PipelineError
 from pipeline.preprocess import Preprocessing
 from pipeline.runners.base import ModelInfo, Runner
-from pipeline.runners.registry import open_model
+from pipeline.device.deployment import deployment
+from pipeline.runners.registry import ModelSpec
 from targets.detect import target_profile
 
 
 def run(cfg: Config) -> Path:
     cam = cfg.camera
-    model_path, reference_path = default_models(cfg)
+    model, ref_model = default_models(cfg)
     budget = Budget.from_config(cam)  # threads per stage: INT8, the FP32 shadow, OpenCV
-    runner, info = open_model(model_path, budget.int8)
-    reference, ref_info = open_model(reference_path, budget.fp32)
+    runner, info = model.open(budget.int8)
+    reference, ref_info = ref_model.open(budget.fp32)
     require_same_classes(info, ref_info)
+    print(f"models: {info.precision} on {info.runtime} ({model.path.name}), FP32 shadow {ref_info.precision} on "
+          f"{ref_info.runtime} ({ref_model.path.name})", flush=True)
     source = open_source(cam.source, cam.timeout_s)
     if source.classes is not None and list(info.classes) != source.classes:
         raise DataError(f"{cam.source}: labels name {len(source.classes)} classes, the model has "
@@ -56,24 +59,24 @@ def run(cfg: Config) -> Path:
     finally:
         stats.ended = stats.ended or time.perf_counter()
         stats.started = stats.started or stats.ended  # failed before the first frame: no time, no FPS
-        record = {**provenance("camera", {"model": model_path, "reference": reference_path}),
-                  "source": cam.source, "status": status, "shadow_every": cam.shadow_every, **stats.summary()}
+        record = {**provenance("camera", {"model": model.path, "reference": ref_model.path}),
+                  "source": cam.source, "status": status, "shadow_every": cam.shadow_every,
+                  "runtime": info.runtime, "reference_runtime": ref_info.runtime,
+                  "precision": info.precision, "reference_precision": ref_info.precision, **stats.summary()}
         summary_path = (write_json(Path(cam.summary), record) if cam.summary
                         else write_session(cfg.run_dir / "camera", started, record))
         print_summary(record, summary_path)
     return summary_path
 
 
-def default_models(cfg: Config) -> tuple[Path, Path]:
-    """The target's INT8 model and its FP32 reference, unless given."""
-    out, cam = cfg.run_dir, cfg.camera
-    profile = target_profile(cfg.engine.target)
-    if profile.runtime == "onnxruntime":
-        defaults = (out / "model.int8.cpu.onnx", out / "model.fp32.onnx")
-    else:
-        folder = out / "engines" / profile.name
-        defaults = (folder / f"model.{profile.precision}.engine", folder / "model.fp32.engine")
-    return Path(cam.model or defaults[0]), Path(cam.reference or defaults[1])
+def default_models(cfg: Config) -> tuple[ModelSpec, ModelSpec]:
+    """The target's deployed model and its FP32 reference (a CPU target: the runtime bench
+    chose, the reference in true f32 on it), unless given (``camera.runtime`` for both)."""
+    cam = cfg.camera
+    chosen = None if cam.model and cam.reference else deployment(cfg.run_dir, target_profile(cfg.engine.target))
+    model = ModelSpec("model", Path(cam.model), cam.runtime) if cam.model else chosen.model
+    reference = ModelSpec("reference", Path(cam.reference), cam.runtime) if cam.reference else chosen.reference
+    return model, reference
 
 
 def require_same_classes(info: ModelInfo, ref: ModelInfo) -> None:
