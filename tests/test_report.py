@@ -106,6 +106,22 @@ def test_a_deployed_model_without_accuracy_fails_the_gate(reporting) -> None:
         report.run(accepting(reporting))
 
 
+def test_a_cpu_report_before_bench_has_chosen_fails_naming_the_cure(reporting) -> None:
+    (reporting.run_dir / "deploy" / "cpu.json").unlink()
+    with pytest.raises(RegressionError, match="no deployed model for cpu: .*make bench TARGET=cpu"):
+        report.run(accepting(reporting))
+
+
+def test_the_report_says_what_the_cpu_target_deploys_and_why(reporting) -> None:
+    summary = json.loads(report.run(accepting(reporting)).read_text())
+    choice = json.loads((reporting.run_dir / "deploy" / "cpu.json").read_text())
+    assert summary["deployed"] == choice["label"] and summary["reference"] == choice["reference"]
+    assert summary["deployment"]["why"] == choice["why"] and summary["deployment"]["p50_ms"] == choice["p50_ms"]
+    rows = {r["label"]: r for r in summary["rows"]}
+    assert rows[choice["reference"]]["speedup"] == pytest.approx(1.0)
+    assert rows["openvino-int8"]["agreement"] is not None and rows["openvino-int8"]["p50"] > 0
+
+
 def test_a_slower_build_fails_beyond_the_noise_allowance(reporting) -> None:
     report.run(accepting(reporting))
     slow = reporting.run_dir / "bench" / f"{deployed(reporting)}.json"

@@ -22,7 +22,7 @@ import numpy as np
 from pipeline.artifacts import write_json
 from pipeline.config import Config
 from pipeline.errors import DataError
-from pipeline.device.deployment import choose_cpu, cpu_models, write_choice
+from pipeline.device.deployment import choose_cpu, cpu_models, split_label, write_choice
 from pipeline.device.latency import measure_latency, summarize
 from pipeline.runners.registry import ModelSpec
 from targets.detect import target_profile
@@ -72,8 +72,8 @@ def run(cfg: Config) -> Path:
 
 def label_parts(label: str) -> Dict[str, str]:
     """runtime and precision of a label; the ``-copied`` twin has its engine's precision."""
-    base = label[:-len(COPIED)] if label.endswith(COPIED) else label
-    return {"runtime": base.split("-")[0], "precision": base.split("-", 1)[1]}
+    runtime, precision = split_label(label[:-len(COPIED)] if label.endswith(COPIED) else label)
+    return {"runtime": runtime, "precision": precision}
 
 
 def available_models(out: Path, profile: TargetProfile) -> Dict[str, ModelSpec]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from pipeline.artifacts import read_json, write_json
 from pipeline.device.environment import cpu_model
@@ -154,12 +154,19 @@ def _deployable(profile: TargetProfile, label: str) -> bool:
     return _precision(label) in INT8_RENDERINGS and profile.int8_rendering in ("auto", _precision(label))
 
 
+def split_label(label: str) -> Tuple[str, str]:
+    """(runtime, precision) of a ``<runtime>-<precision>`` label: ``openvino-int8-cpu`` →
+    (openvino, int8-cpu)."""
+    runtime, _, precision = label.partition("-")
+    return runtime, precision
+
+
 def _runtime(label: str) -> str:
-    return label.split("-", 1)[0]
+    return split_label(label)[0]
 
 
 def _precision(label: str) -> str:
-    return label.split("-", 1)[1] if "-" in label else ""
+    return split_label(label)[1]
 
 
 def _order(label: str) -> tuple:
