@@ -215,3 +215,33 @@ def test_no_runtime_burns_the_cores_while_it_waits(quantized_run) -> None:
         used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         runner.close()
         assert used < 0.02, f"{runtime}: {used:.3f} s of CPU while idle for 0.4 s"
+
+
+def test_two_threads_first_calls_at_once_do_not_deadlock(quantized_run) -> None:
+    """The camera's INT8 and shadow threads call their OpenVINO runners for the first time at
+    the same moment; OpenVINO's NumPy bridge set up in two threads at once hung them both
+    (seen in the camera loop), so the runner makes its first call where it is opened. In a
+    fresh interpreter: this one set the bridge up long ago."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = f"""
+import threading, numpy as np
+from pipeline.runners.registry import open_model
+runners = [open_model({str(quantized_run.run_dir)!r} + '/' + name, 1, 'openvino')
+           for name in ('model.int8.onnx', 'model.fp32.onnx')]
+size = runners[0][1].preprocessing.input_size
+start = threading.Barrier(2)
+def work(runner):
+    start.wait()
+    for _ in range(3):
+        runner.run(np.zeros((1, 3, size, size), np.float32))
+threads = [threading.Thread(target=work, args=(r,)) for r, _ in runners]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print('both done')
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "both done" in result.stdout, result.stderr[-1500:]

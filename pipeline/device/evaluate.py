@@ -69,7 +69,7 @@ def run(cfg: Config) -> Path:
     reference = scores[0]
     written = [_write(m.label, s, reference, split, out / "eval", profile, b)
                for m, s, b in zip(models, scores, batching)]
-    print_table(scores, reference)
+    print_table(scores, reference, [m.label for m in models])
     return written[-1]
 
 
@@ -103,7 +103,7 @@ def evaluate_file(cfg: Config) -> Path | None:
     runner, info = open_model(model, cfg.evaluate.threads, cfg.evaluate.runtime)
     split = open_split(Path(cfg.data.path), info.classes) if cfg.data.path else evaluation_split(cfg, info.classes)
     scores = score(runner, info, split, cfg, {})
-    print_table([scores], scores)
+    print_table([scores], scores, [f"{info.runtime}-{info.precision}"])
     if not cfg.evaluate.out:
         return None
     return write_json(Path(cfg.evaluate.out), {**provenance("evaluate", {"model": model}),
@@ -153,13 +153,14 @@ def compare(candidate: Scores, reference: Scores, files: tuple) -> Dict[str, Any
                         for i in flipped]}
 
 
-def print_table(scores: List[Scores], reference: Scores) -> None:
-    print(f"{'runtime':<12} {'precision':<9} {'top-1':>7} {'top-5':>7} {'drop':>7} {'agree':>7}  model")
+def print_table(scores: List[Scores], reference: Scores, labels: List[str]) -> None:
+    """One line per model under its label (the same file on two runtimes is two lines)."""
+    print(f"{'model':<22} {'top-1':>7} {'top-5':>7} {'drop':>7} {'agree':>7}  file")
     base = float((reference.top1 == reference.labels).mean())
-    for s in scores:
+    for s, label in zip(scores, labels):
         top1 = float((s.top1 == s.labels).mean())
         agree = float((s.top1 == reference.top1).mean())
-        print(f"{s.info.runtime:<12} {s.info.precision:<9} {top1:>7.2%} {s.top5_hit.mean():>7.2%} "
+        print(f"{label:<22} {top1:>7.2%} {s.top5_hit.mean():>7.2%} "
               f"{100 * (base - top1):>6.2f}p {agree:>7.2%}  {s.info.path.name}")
 
 

@@ -362,7 +362,8 @@ def _spread(samples: list[float] | None) -> float | None:
 
 
 def _order(label: str) -> tuple[int, str]:
-    return (0 if label.endswith("fp32") else 1, label)
+    """FP32 rows first, then BF16, then the reduced precisions."""
+    return (0 if label.endswith("fp32") else 1 if label.endswith("bf16") else 2, label)
 
 
 def _pct(v: float | None) -> str:

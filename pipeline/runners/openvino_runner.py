@@ -43,6 +43,11 @@ class OpenVinoRunner:
             raise StaleArtifactError(f"{path}: OpenVINO cannot load it ({_first_line(exc)})") from None
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.request = self.compiled.create_infer_request()
+        # The first call sets up OpenVINO's NumPy bridge (a pybind11 call_once): made here, in
+        # the opening thread, because the camera's INT8 and shadow threads making their first
+        # calls at once deadlocked in it (seen: both stages hung in infer for minutes).
+        shape = [d.get_length() if d.is_static else 1 for d in self.compiled.input(0).get_partial_shape()]
+        self.run(np.zeros(shape, np.float32))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.request.infer({0: np.ascontiguousarray(batch, np.float32)})
