@@ -75,21 +75,21 @@ def plot_report(summary: dict[str, Any], past: list[dict[str, Any]], folder: Pat
     written = []
     timed = [r for r in rows if r.get("samples_ms")]
     if timed:
-        fig, ax = plt.subplots(figsize=(8, 3.5))
+        fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(timed)), 4.5))
         ax.boxplot([r["samples_ms"] for r in timed], showfliers=False)
-        ax.set_xticks(range(1, len(timed) + 1), [r["label"] for r in timed], rotation=15)
+        ax.set_xticks(range(1, len(timed) + 1), [r["label"] for r in timed], rotation=30, ha="right")
         ax.set_ylabel("latency (ms)")
-        ax.set_title("latency distribution")
+        ax.set_title(f"latency distribution (deployed: {summary.get('deployed') or 'none'})")
         written.append(_save(plt, fig, folder / "latency.png"))
     scored = [r for r in rows if r.get("top1") is not None]
     if scored:
-        fig, ax = plt.subplots(figsize=(8, 3.5))
+        fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(scored)), 4.5))
         bars = ax.bar([r["label"] for r in scored], [100 * r["top1"] for r in scored])
         ax.bar_label(bars, fmt="%.2f")
         ax.set_ylim(max(0, min(100 * r["top1"] for r in scored) - 5), 100)
         ax.set_ylabel("top-1 (%)")
         ax.set_title("accuracy per precision")
-        plt.setp(ax.get_xticklabels(), rotation=15)
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
         written.append(_save(plt, fig, folder / "accuracy.png"))
     written += _per_class_change(plt, rows, summary.get("reference"), summary.get("deployed"), folder)
     written += _history(plt, past, summary.get("deployed"), folder)
