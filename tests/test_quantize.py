@@ -257,3 +257,18 @@ def test_same_count_of_other_classes_names_the_first_that_differs(quantized) -> 
     renamed = {**meta, "classes": [c if c != "7" else "seven" for c in meta["classes"]]}
     with pytest.raises(StaleArtifactError, match=rf"model\.fp32\.onnx: class 7 is 'seven' but {manifest_path} has '7'"):
         quantize.require_same_model(out / "model.fp32.onnx", renamed, out / "model.pt", manifest, manifest_path)
+
+
+def test_agreement_and_drop_come_with_their_intervals_and_flips(quantized) -> None:
+    """An agreement near 99% on a few hundred images is known to within a point or so: every
+    evaluation says how well, and how many images flipped."""
+    from pipeline.runners.compare import wilson_interval
+
+    record = json.loads((quantized.run_dir / "eval" / "onnxruntime-int8.json").read_text())
+    versus, n = record["versus_reference"], record["images"]
+    assert versus["flips"] == len(versus["flipped"])
+    low, high = versus["top1_agreement_ci95"]
+    assert (low, high) == pytest.approx(wilson_interval(n - versus["flips"], n))
+    assert low <= versus["top1_agreement"] <= high and high - low > 0
+    low, high = versus["top1_drop_ci95"]
+    assert low <= versus["top1_drop"] <= high

@@ -96,3 +96,28 @@ def test_a_non_finite_latency_sample_is_an_error_naming_the_model(bad: float) ->
     with pytest.raises(PipelineError, match=r"^onnxruntime-int8: latency sample 2 of 4 is (nan|inf) ms"):
         summarize(samples, 1, label="onnxruntime-int8")
 
+
+
+def test_wilson_interval_matches_scipys() -> None:
+    from scipy.stats import binomtest
+
+    from pipeline.runners.compare import wilson_interval
+
+    for hits, n in ((990, 1000), (2908, 2925), (1000, 1000), (0, 10), (7, 9)):
+        expected = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson_interval(hits, n) == pytest.approx((expected.low, expected.high), abs=1e-9)
+    assert wilson_interval(1000, 1000)[1] == 1.0 and wilson_interval(1000, 1000)[0] < 1.0
+
+
+def test_paired_change_interval_is_the_mean_difference_plus_minus_its_error() -> None:
+    """Computed from the per-image differences (candidate right minus reference right)."""
+    from pipeline.runners.compare import Z95, paired_change_interval
+
+    rng = np.random.default_rng(3)
+    ref_right = rng.random(2000) < 0.86
+    cand_right = np.where(rng.random(2000) < 0.01, ~ref_right, ref_right)
+    lost, gained = int((ref_right & ~cand_right).sum()), int((cand_right & ~ref_right).sum())
+    drop = ref_right.astype(float) - cand_right.astype(float)
+    half = Z95 * drop.std() / np.sqrt(len(drop))
+    assert paired_change_interval(lost, gained, 2000) == pytest.approx((drop.mean() - half, drop.mean() + half))
+    assert paired_change_interval(0, 0, 500) == (0.0, 0.0)

@@ -127,6 +127,8 @@ def collect_rows(out: Path, profile: TargetProfile, reference: str) -> list[dict
         versus = e.get("versus_reference", {})
         rows.append({"label": label, "precision": label.split("-", 1)[1], "model_name": out.name,
                      "top1": e.get("top1"), "drop": versus.get("top1_drop"), "agreement": versus.get("top1_agreement"),
+                     "agreement_ci95": versus.get("top1_agreement_ci95"), "flips": versus.get("flips"),
+                     "drop_ci95": versus.get("top1_drop_ci95"),
                      "per_class": e.get("per_class"), "p50": lat.get("median"), "p90": lat.get("p90"),
                      "p99": lat.get("p99"), "throughput": lat.get("throughput"),
                      "speedup": fp32 / lat["median"] if fp32 and lat.get("median") else None,
@@ -235,9 +237,10 @@ def markdown(summary: dict[str, Any], run_id: int, base: dict[str, Any] | None) 
     head = (f"## Report {run_id}: {summary['run']} on {summary['target']}"
             + (f" (baseline {base['id']})" if base else " (no baseline)") + "\n\n"
             + "".join(f"{line}\n" for line in acceptance_lines(summary, base)) + "\n"
-            "| model | top-1 | drop vs FP32 | agreement | p50 ms | p90 ms | p99 ms | img/s | speed-up | MB |\n"
+            "| model | top-1 | drop vs FP32 [95%] | agreement [95%] | p50 ms | p90 ms | p99 ms | img/s | speed-up | MB |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
-    lines = [f"| {r['label']} | {_pct(r['top1'])} | {_pts(r['drop'])} | {_pct(r['agreement'])} | {_num(r['p50'])} | "
+    lines = [f"| {r['label']} | {_pct(r['top1'])} | {_pts(r['drop'])}{_span(r.get('drop_ci95'), _pts)} | "
+             f"{_pct(r['agreement'])}{_span(r.get('agreement_ci95'), _pct)}{_flips(r.get('flips'))} | {_num(r['p50'])} | "
              f"{_num(r['p90'])} | {_num(r['p99'])} | {_num(r['throughput'], 0)} | {_num(r['speedup'])}x | "
              f"{_num(r['size_mb'], 1)} |" for r in summary["rows"]]
     quant = summary.get("quantize") or {}
@@ -317,7 +320,7 @@ def render_html(summary: dict[str, Any], md: str, images: list[Path]) -> str:
     """Self-contained: the tables as HTML, the plots as inline PNG data."""
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>"
                    for line in md.splitlines() if line.startswith("| ") and not line.startswith(("| model", "| ---")))
-    header = "".join(f"<th>{h}</th>" for h in ("model", "top-1", "drop vs FP32", "agreement", "p50 ms", "p90 ms",
+    header = "".join(f"<th>{h}</th>" for h in ("model", "top-1", "drop vs FP32 [95%]", "agreement [95%]", "p50 ms", "p90 ms",
                                                "p99 ms", "img/s", "speed-up", "MB"))
     notes = "".join(f"<li>{html.escape(line[2:])}</li>" for line in md.splitlines() if line.startswith("- "))
     verdict = "No regression." if not summary["failures"] else "Regressions:"
@@ -372,6 +375,15 @@ def _pct(v: float | None) -> str:
 
 def _pts(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:+.2f}"
+
+
+def _span(interval: list[float] | None, fmt: Any) -> str:
+    """`` [lo, hi]``, a 95% interval, where the record has one (older records do not)."""
+    return f" [{fmt(interval[0])}, {fmt(interval[1])}]" if interval else ""
+
+
+def _flips(count: int | None) -> str:
+    return "" if count is None else f", {count} flips"
 
 
 def _num(v: float | None, digits: int = 2) -> str:

@@ -8,7 +8,9 @@ A NaN or infinite logit is an error, not a difference: NaN compares false with e
 so the maxima below would read it as no difference at all and pass a broken model."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from statistics import NormalDist
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -16,6 +18,8 @@ import numpy as np
 
 from pipeline.errors import StaleArtifactError
 from pipeline.runners.base import Runner
+
+Z95 = NormalDist().inv_cdf(0.975)  # two-sided 95%: 1.95996...
 
 
 class NonFiniteLogitsError(StaleArtifactError):
@@ -74,6 +78,30 @@ def require_finite(logits: np.ndarray, name: str, batch: int, first: int) -> Non
              if present]
     raise NonFiniteLogitsError(f"{name}: {' and '.join(kinds)} logits on batch {batch} (inputs "
                                f"{first}..{first + len(logits) - 1})")
+
+
+def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of the proportion ``hits / n``. Agreement lives near 100%,
+    where the normal approximation's interval runs past 1 and is too narrow; Wilson's does
+    not (at n = 1,000 and 99% it is 98.2–99.5%)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p, zz = hits / n, z * z
+    denom = 1 + zz / n
+    centre = (p + zz / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_change_interval(lost: int, gained: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% interval of the top-1 drop ``(lost - gained) / n`` of a candidate scored on the same
+    ``n`` images as its reference: paired, so only the images one got right and the other
+    wrong count (``lost``: the reference's hits the candidate missed; ``gained``: the reverse)."""
+    if n <= 0:
+        return 0.0, 0.0
+    drop = (lost - gained) / n
+    half = z * math.sqrt(max(0.0, (lost + gained) - (lost - gained) ** 2 / n)) / n
+    return drop - half, drop + half
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

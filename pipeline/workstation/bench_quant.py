@@ -46,7 +46,9 @@ def _row(label: str, path: Path, samples: dict[str, np.ndarray], out: Path) -> d
     acc = read_json(evaluation) if evaluation.is_file() else {}
     versus = acc.get("versus_reference", {})
     return {"model": label, "file": path.name, "top1": acc.get("top1"),
-            "top1_drop": versus.get("top1_drop"), "agreement": versus.get("top1_agreement"),
+            "top1_drop": versus.get("top1_drop"), "top1_drop_ci95": versus.get("top1_drop_ci95"),
+            "agreement": versus.get("top1_agreement"), "agreement_ci95": versus.get("top1_agreement_ci95"),
+            "flips": versus.get("flips"),
             "latency_ms": stats.to_dict(), "latency_ratio_vs_fp32": stats.median / base.median,
             "size_mb": path.stat().st_size / 1e6}
 
@@ -60,11 +62,14 @@ def _quantize_seconds(out: Path) -> dict[str, float]:
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
-    print(f"{'model':<22} {'file':<20} {'top-1':>7} {'drop':>7} {'agree':>7} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'x ORT FP32':>10} {'MB':>6}")
+    """One line per row; agreement with its 95% interval and flip count, as evaluate gives them."""
+    print(f"{'model':<22} {'file':<20} {'top-1':>7} {'drop':>7} {'agree [95%]':>22} {'flips':>5} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'x ORT FP32':>10} {'MB':>6}")
     for r in rows:
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        ci = r["agreement_ci95"]
+        agree = fmt(r["agreement"], ".2%") + (f" [{ci[0]:.2%}, {ci[1]:.2%}]" if ci else "")
         print(f"{r['model']:<22} {r['file']:<20} {fmt(r['top1'], '7.2%')} "
-              f"{fmt(None if r['top1_drop'] is None else 100 * r['top1_drop'], '6.2f')}p "
-              f"{fmt(r['agreement'], '7.2%')} {r['latency_ms']['median']:>8.2f} {r['latency_ms']['p99']:>8.2f} "
+              f"{fmt(None if r['top1_drop'] is None else 100 * r['top1_drop'], '6.2f')}p {agree:>22} "
+              f"{fmt(r['flips'], '5d')} {r['latency_ms']['median']:>8.2f} {r['latency_ms']['p99']:>8.2f} "
               f"{r['latency_ratio_vs_fp32']:>10.2f} {r['size_mb']:>6.1f}")
