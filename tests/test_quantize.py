@@ -272,3 +272,23 @@ def test_agreement_and_drop_come_with_their_intervals_and_flips(quantized) -> No
     assert low <= versus["top1_agreement"] <= high and high - low > 0
     low, high = versus["top1_drop_ci95"]
     assert low <= versus["top1_drop"] <= high
+
+
+def test_tuning_and_reporting_halves_are_fixed_and_split_the_flips(quantized) -> None:
+    from pipeline.device.evaluate import reporting_half
+    from pipeline.imagefolder import ImageSplit, laid_out_split
+
+    record = json.loads((quantized.run_dir / "eval" / "onnxruntime-int8.json").read_text())
+    tuning, reporting = record["halves"]["tuning"], record["halves"]["reporting"]
+    assert tuning["images"] + reporting["images"] == record["images"]
+    assert min(tuning["images"], reporting["images"]) > 0.4 * record["images"]
+    assert tuning["flips"] + reporting["flips"] == record["versus_reference"]["flips"]
+    split = laid_out_split(quantized.data, "val")
+    half = reporting_half(split)
+    # the same images under another root (a bundle's copy) split the same way, and more
+    # images added to the tree move none of these from one half to the other
+    moved = ImageSplit(Path("/elsewhere"), tuple(Path("/elsewhere") / f.parent.name / f.name for f in split.files),
+                       split.labels, split.classes)
+    assert (reporting_half(moved) == half).all()
+    grown = ImageSplit(split.root, split.files + (split.root / "0" / "extra.png",), split.labels + (0,), split.classes)
+    assert (reporting_half(grown)[:-1] == half).all()

@@ -74,6 +74,8 @@ def test_first_report_has_no_gate_then_a_good_build_passes(reporting) -> None:
     for label in ("onnxruntime-fp32", "onnxruntime-int8-cpu", "openvino-fp32", "openvino-int8", deployed(reporting)):
         assert f"| {label} |" in md, label
     assert f"Deployed on cpu: **{deployed(reporting)}**" in md
+    assert re.search(r"against FP32 on the tuning half \(\d+ images\): agreement .* on the reporting half "
+                     r"\(\d+ images, never tuned on\): agreement [\d.]+% \[", md), md
     assert re.search(rf"\| {re.escape(deployed(reporting))} \| [\d.]+% \| [+-][\d.]+ \[[+-][\d.]+, [+-][\d.]+\] \| "
                      rf"[\d.]+% \[[\d.]+%, [\d.]+%\], \d+ flips \|", md), md
 

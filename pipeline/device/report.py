@@ -128,7 +128,7 @@ def collect_rows(out: Path, profile: TargetProfile, reference: str) -> list[dict
         rows.append({"label": label, "precision": label.split("-", 1)[1], "model_name": out.name,
                      "top1": e.get("top1"), "drop": versus.get("top1_drop"), "agreement": versus.get("top1_agreement"),
                      "agreement_ci95": versus.get("top1_agreement_ci95"), "flips": versus.get("flips"),
-                     "drop_ci95": versus.get("top1_drop_ci95"),
+                     "drop_ci95": versus.get("top1_drop_ci95"), "halves": e.get("halves"),
                      "per_class": e.get("per_class"), "p50": lat.get("median"), "p90": lat.get("p90"),
                      "p99": lat.get("p99"), "throughput": lat.get("throughput"),
                      "speedup": fp32 / lat["median"] if fp32 and lat.get("median") else None,
@@ -222,6 +222,19 @@ def deployment_lines(summary: dict[str, Any]) -> list[str]:
             f"{chosen['reference']}: {chosen['why']}."]
 
 
+def halves_lines(summary: dict[str, Any]) -> list[str]:
+    """The deployed model against FP32 on the tuning half of the evaluation images and on
+    the reporting half that no choice was made on."""
+    row = {r["label"]: r for r in summary["rows"]}.get(summary.get("deployed") or "")
+    found = (row or {}).get("halves")
+    if not found:
+        return []
+    parts = [f"{name} half ({h['images']} images{', never tuned on' if name == 'reporting' else ''}): agreement "
+             f"{_pct(h['top1_agreement'])}{_span(h['top1_agreement_ci95'], _pct)}, {h['flips']} flips, top-1 drop "
+             f"{_pts(h['top1_drop'])}{_span(h['top1_drop_ci95'], _pts)} points" for name, h in found.items()]
+    return [f"\n{row['label']} against FP32 on the {parts[0]}; on the {parts[1]}."]
+
+
 def camera_lines(camera: dict[str, Any] | None) -> list[str]:
     """The live loop as a user felt it: its last session's rate, drops and capture-to-label."""
     if not camera:
@@ -247,7 +260,7 @@ def markdown(summary: dict[str, Any], run_id: int, base: dict[str, Any] | None) 
     extra = [f"\nCalibration: {quant.get('calibration', {}).get('images', '-')} images, set "
              f"{str(quant.get('calibration', {}).get('set_sha256', '-'))[:12]}; layers kept in float: "
              f"{', '.join(quant.get('float_layers') or []) or 'none'}."]
-    extra += deployment_lines(summary)
+    extra += deployment_lines(summary) + halves_lines(summary)
     extra += camera_lines(summary.get("camera"))
     state = summary["environment"].get("jetson_state")
     if state and not state["clocks_locked"]:
