@@ -28,6 +28,7 @@ from targets.profile import INT8_RENDERINGS, TargetProfile
 # the run's ONNX files and the precision label each is filed under on a CPU runtime
 ONNX_FILES = {"model.fp32.onnx": "fp32", "model.int8.onnx": "int8", "model.int8.cpu.onnx": "int8-cpu",
               "model.int8.ort.onnx": "int8-ort"}
+FILE_OF = {label: name for name, label in ONNX_FILES.items()}
 CPU_RUNTIMES = ("onnxruntime", "openvino")
 SAME_FILE = "int8"  # model.int8.onnx: the file TensorRT engines are built from
 
@@ -114,8 +115,7 @@ def deployment(out: Path, profile: TargetProfile) -> Deployment:
     record = {} if fixed else _measured_choice(out, profile)
     label = fixed or record["label"]
     runtime = _runtime(label)
-    files = {precision: name for name, precision in ONNX_FILES.items()}
-    return Deployment(ModelSpec(label, out / files[_precision(label)], runtime),
+    return Deployment(ModelSpec(label, out / FILE_OF[_precision(label)], runtime),
                       ModelSpec(f"{runtime}-fp32", out / "model.fp32.onnx", runtime),
                       f"fixed by targets/{profile.name}.toml" if fixed else record["why"], record)
 

@@ -71,7 +71,8 @@ def run(cfg: Config) -> Path:
     cache: Dict[Preprocessing, np.ndarray] = {}
     scores = [score(runner, info, split, cfg, cache) for runner, info in opened]
     reference = scores[0]
-    written = [_write(m.label, s, reference, split, out / "eval", profile, b)
+    reporting = reporting_half(split)
+    written = [_write(m.label, s, reference, split, reporting, out / "eval", profile, b)
                for m, s, b in zip(models, scores, batching)]
     print_table(scores, reference, [m.label for m in models])
     return written[-1]
@@ -144,22 +145,26 @@ def _run_finite(runner: Runner, inputs: np.ndarray, start: int, size: int, path:
 
 
 def compare(candidate: Scores, reference: Scores, files: tuple) -> Dict[str, Any]:
-    """Top-1 agreement with the reference (95% Wilson interval), the top-1 drop (paired 95%
-    interval) and the images whose label flipped: at 1,000 images an agreement near 99% is
-    known to about ±0.6 points, so a figure without its interval says little."""
+    """Agreement and drop (see :func:`agreement`) and the images whose label flipped."""
     flipped = np.nonzero(candidate.top1 != reference.top1)[0]
-    names, n = candidate.info.class_names, len(candidate.top1)
-    right, ref_right = candidate.top1 == candidate.labels, reference.top1 == reference.labels
-    lost, gained = int((ref_right & ~right).sum()), int((right & ~ref_right).sum())
-    return {"reference": str(reference.info.path),
-            "top1_agreement": float((candidate.top1 == reference.top1).mean()),
-            "top1_agreement_ci95": wilson_interval(n - len(flipped), n), "flips": int(len(flipped)),
-            "top1_drop": float(ref_right.mean() - right.mean()),
-            "top1_drop_ci95": paired_change_interval(lost, gained, n),
-            "mean_confidence_change": float((candidate.confidence - reference.confidence).mean()),
+    names = candidate.info.class_names
+    return {"reference": str(reference.info.path), **agreement(candidate, reference),
             "flipped": [{"file": str(files[i]), "label": names[candidate.labels[i]],
                          "reference": names[reference.top1[i]], "candidate": names[candidate.top1[i]]}
                         for i in flipped]}
+
+
+def agreement(candidate: Scores, reference: Scores) -> Dict[str, Any]:
+    """Top-1 agreement with the reference (95% Wilson interval) and flips, and the top-1 drop
+    (paired 95% interval): at 1,000 images an agreement near 99% is known to about ±0.6
+    points, so a figure without its interval says little."""
+    n, flips = len(candidate.top1), int((candidate.top1 != reference.top1).sum())
+    right, ref_right = candidate.top1 == candidate.labels, reference.top1 == reference.labels
+    lost, gained = int((ref_right & ~right).sum()), int((right & ~ref_right).sum())
+    return {"top1_agreement": (n - flips) / max(1, n), "top1_agreement_ci95": wilson_interval(n - flips, n),
+            "flips": flips, "top1_drop": float(ref_right.mean() - right.mean()),
+            "top1_drop_ci95": paired_change_interval(lost, gained, n),
+            "mean_confidence_change": float((candidate.confidence - reference.confidence).mean())}
 
 
 def print_table(scores: List[Scores], reference: Scores, labels: List[str]) -> None:
@@ -173,13 +178,13 @@ def print_table(scores: List[Scores], reference: Scores, labels: List[str]) -> N
               f"{100 * (base - top1):>6.2f}p {agree:>7.2%}  {s.info.path.name}")
 
 
-def _write(label: str, scores: Scores, reference: Scores, split: ImageSplit, folder: Path,
+def _write(label: str, scores: Scores, reference: Scores, split: ImageSplit, reporting: np.ndarray, folder: Path,
            profile: TargetProfile, batching: Dict[str, int]) -> Path:
     path = folder / f"{label}.json"
     record = {**provenance("evaluate", {"model": scores.info.path}), "data": str(split.root),
               "target": profile.name, "runtime": scores.info.runtime, "precision": scores.info.precision,
               "batching": batching, **scores.summary(), "versus_reference": compare(scores, reference, split.files),
-              "halves": halves(scores, reference, split)}
+              "halves": halves(scores, reference, reporting)}
     return write_json(path, record)
 
 
@@ -193,12 +198,8 @@ def reporting_half(split: ImageSplit) -> np.ndarray:
     return np.array([hashlib.sha256(key.encode()).digest()[0] % 2 == 1 for key in keys], dtype=bool)
 
 
-def halves(scores: Scores, reference: Scores, split: ImageSplit) -> Dict[str, Any]:
+def halves(scores: Scores, reference: Scores, reporting: np.ndarray) -> Dict[str, Any]:
     """Agreement and top-1 drop, with intervals and flips, on each half (the flipped images
     themselves are listed once, in ``versus_reference``)."""
-    reporting = reporting_half(split)
-    found = {}
-    for name, keep in (("tuning", ~reporting), ("reporting", reporting)):
-        versus = compare(scores.subset(keep), reference.subset(keep), tuple(np.asarray(split.files, dtype=object)[keep]))
-        found[name] = {"images": int(keep.sum()), **{k: v for k, v in versus.items() if k != "flipped"}}
-    return found
+    return {name: {"images": int(keep.sum()), **agreement(scores.subset(keep), reference.subset(keep))}
+            for name, keep in (("tuning", ~reporting), ("reporting", reporting))}

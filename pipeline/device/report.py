@@ -30,7 +30,7 @@ import numpy as np
 from pipeline.device import history
 from pipeline.artifacts import read_json, write_json, write_text
 from pipeline.config import Config, ReportConfig, config_to_dict
-from pipeline.device.deployment import deployment
+from pipeline.device.deployment import deployment, split_label
 from pipeline.device.environment import describe_environment
 from pipeline.errors import ArtifactWriteError, ConfigError, RegressionError, StaleArtifactError
 from targets.detect import target_profile
@@ -125,7 +125,7 @@ def collect_rows(out: Path, profile: TargetProfile, reference: str) -> list[dict
         e, b = evals.get(label, {}), benches.get(label, {})
         lat = b.get("latency_ms", {})
         versus = e.get("versus_reference", {})
-        rows.append({"label": label, "precision": label.split("-", 1)[1], "model_name": out.name,
+        rows.append({"label": label, "precision": split_label(label)[1], "model_name": out.name,
                      "top1": e.get("top1"), "drop": versus.get("top1_drop"), "agreement": versus.get("top1_agreement"),
                      "agreement_ci95": versus.get("top1_agreement_ci95"), "flips": versus.get("flips"),
                      "drop_ci95": versus.get("top1_drop_ci95"), "halves": e.get("halves"),

@@ -64,7 +64,8 @@ def has_bf16(core: "ov.Core | None" = None) -> bool:
 
 def open_onnx(path: Path, threads: int = 0, precision: str = "") -> Tuple[OpenVinoRunner, ModelInfo]:
     """The registry's opener for ``.onnx`` files on OpenVINO; ``precision`` ``bf16`` runs an
-    FP32 file in BF16 (refused on a CPU without it, and for INT8 files)."""
+    FP32 file in BF16 (refused on a CPU without it, and for INT8 files; the registry refuses
+    any other precision before this is called)."""
     own = onnx_precision(path)
     if precision == BF16:
         core = ov.Core()
@@ -74,8 +75,6 @@ def open_onnx(path: Path, threads: int = 0, precision: str = "") -> Tuple[OpenVi
             raise ConfigError(f"{path}: this CPU has no BF16 (OpenVINO lists "
                               f"{', '.join(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))})")
         return OpenVinoRunner(path, BF16, threads, core), _info(path, BF16)
-    if precision:
-        raise ConfigError(f"{path}: OpenVINO runs a file as it is or in bf16, not {precision!r}")
     return OpenVinoRunner(path, own, threads), _info(path, own)
 
 

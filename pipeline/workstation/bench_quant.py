@@ -31,7 +31,8 @@ def run(cfg: Config) -> Path:
         raise DataError(f"{out}: bench-quant needs model.fp32.onnx and INT8 models; run make quantize")
     threads = cfg.evaluate.threads or 2
     samples, _ = interleaved_latency(models, threads, cfg.evaluate.bench_runs)
-    rows = [_row(label, spec.path, samples, out) for label, spec in models.items()]
+    base = summarize(samples[BASE], 1, BASE).median
+    rows = [_row(label, spec.path, samples, base, out) for label, spec in models.items()]
     record = {"threads": threads, "batch": 1, "rows": rows, "quantize_seconds": _quantize_seconds(out)}
     path = write_json(out / "bench" / "quant.json", record)
     plot_quantization(samples, {r["model"]: r["top1"] for r in rows}, out / "bench" / "quant.png")
@@ -39,9 +40,8 @@ def run(cfg: Config) -> Path:
     return path
 
 
-def _row(label: str, path: Path, samples: dict[str, np.ndarray], out: Path) -> dict[str, Any]:
+def _row(label: str, path: Path, samples: dict[str, np.ndarray], base_ms: float, out: Path) -> dict[str, Any]:
     stats = summarize(samples[label], 1, label)
-    base = summarize(samples[BASE], 1, BASE)
     evaluation = out / "eval" / f"{label}.json"
     acc = read_json(evaluation) if evaluation.is_file() else {}
     versus = acc.get("versus_reference", {})
@@ -49,7 +49,7 @@ def _row(label: str, path: Path, samples: dict[str, np.ndarray], out: Path) -> d
             "top1_drop": versus.get("top1_drop"), "top1_drop_ci95": versus.get("top1_drop_ci95"),
             "agreement": versus.get("top1_agreement"), "agreement_ci95": versus.get("top1_agreement_ci95"),
             "flips": versus.get("flips"),
-            "latency_ms": stats.to_dict(), "latency_ratio_vs_fp32": stats.median / base.median,
+            "latency_ms": stats.to_dict(), "latency_ratio_vs_fp32": stats.median / base_ms,
             "size_mb": path.stat().st_size / 1e6}
 
 
