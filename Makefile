@@ -5,6 +5,7 @@
 #   make demo DATA=../shared/data/imagenette  any ImageFolder tree (train/ and val/)
 #   make demo DATASET=imagenette|cifar10      torchvision's datasets (under build/datasets)
 #   make bench / make report [ACCEPT=1]       latency + regression report (exit 1 on regression)
+#   make quant-search / make bench-quant      INT8 settings compared (tuning half); FP32 vs INT8 vs peers
 #   make test                                 the test suite (CPU)
 #   make device-sim                           the Jetson journey in a simulated JetPack (CI runs it)
 #
@@ -64,7 +65,7 @@ endif
 endif
 
 FORCE:
-.PHONY: FORCE experiment-degradation demo train export calibrate quantize evaluate bench-quant engine bundle crosscheck \
+.PHONY: FORCE experiment-degradation demo train export calibrate quantize evaluate bench-quant quant-search engine bundle crosscheck \
         camera clip bench-camera bench report targets setup setup-device device-pycuda device-sim test clean help
 .DELETE_ON_ERROR:
 
@@ -123,6 +124,11 @@ $(B)/eval/onnxruntime-int8-ort.json: $(B)/model.int8.ort.onnx $(B)/model.int8.on
 
 bench-quant: $(B)/eval/onnxruntime-int8-ort.json
 	$(PY) -m pipeline bench-quant $(ARGS)
+
+# NNCF's range estimators, calibration sizes and weight granularity compared on the tuning
+# half of val (bench/quant-search.{json,png}); bench-quant shows the table when it exists
+quant-search: $(B)/model.fp32.onnx
+	$(PY) -m pipeline quant-search $(ARGS)
 
 bundle: $(B)/bundle-$(TARGET).tar.gz
 $(B)/bundle-%.tar.gz: $(B)/model.int8.onnx

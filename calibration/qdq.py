@@ -61,6 +61,15 @@ def to_tensorrt_rules(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return model, len(renamed)
 
 
+def float_layers(model: onnx.ModelProto) -> list[str]:
+    """Conv/Gemm layers whose weights are not dequantized: those accuracy control kept in
+    float. Read from the file itself, so the engine builder can pin them to FP32 without
+    trusting a record that travelled beside it."""
+    dequantized = {out for n in model.graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    return [n.name or n.output[0] for n in model.graph.node
+            if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] not in dequantized]
+
+
 def check_tensorrt_qdq(model: onnx.ModelProto) -> list[Violation]:
     """Every way ``model``'s Q/DQ nodes break TensorRT's rules (empty: conformant)."""
     inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
@@ -149,10 +158,20 @@ def _signed_pair(model: onnx.ModelProto, inits: dict[str, TensorProto], scale_na
         raise StaleArtifactError(f"{zero_name}: asymmetric UINT8 quantizer (zero point "
                                  f"{zero.flatten()[0]}) cannot follow TensorRT's rules")
     scale = numpy_helper.to_array(inits[scale_name]).astype(np.float32) * np.float32(255.0 / 127.0)
-    names = (f"{scale_name}_s8", f"{zero_name}_s8")
+    names = (_fresh_name(inits, f"{scale_name}_s8"), _fresh_name(inits, f"{zero_name}_s8"))
+    inits.update({name: None for name in names})  # taken: a scale shared by two pairs gets two names
     model.graph.initializer.extend([numpy_helper.from_array(scale, names[0]),
                                     numpy_helper.from_array(zero.astype(np.int8), names[1])])
     return names
+
+
+def _fresh_name(taken: dict, name: str) -> str:
+    """``name``, or ``name_2``, ``name_3``... where an initializer already has it."""
+    fresh, index = name, 1
+    while fresh in taken:
+        index += 1
+        fresh = f"{name}_{index}"
+    return fresh
 
 
 def _set_elem_type(model: onnx.ModelProto, name: str, elem_type: int) -> None:

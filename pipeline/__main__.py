@@ -68,10 +68,24 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("quantize", "pipeline.workstation.quantize", "INT8 Q/DQ ONNX (TensorRT rules + CPU rendering)",
           "NNCF post-training quantization of model.fp32.onnx from the calibration manifest; "
           "writes model.int8.onnx (TensorRT rules, checked), model.int8.cpu.onnx (UINT8 "
-          "activations for ONNX Runtime on x86) and quantize.json.",
+          "activations for ONNX Runtime on x86) and quantize.json. With a budget judged on the "
+          "tuning half of val (--max-drop or --max-disagreement), a miss goes to quantization-"
+          "aware fine-tuning (--qat-steps) and then to NNCF's accuracy control (float layers).",
           (Flag("--method", "quantize.method", "nncf (default) or onnxruntime (the peer)"),
            Flag("--max-drop", "quantize.max_drop", "accuracy budget: max top-1 drop, e.g. 0.005",
+                is_text=False),
+           Flag("--max-disagreement", "quantize.max_disagreement",
+                "accuracy budget: max share of tuning images whose top-1 differs from FP32, e.g. 0.005",
+                is_text=False),
+           Flag("--qat-steps", "quantize.qat_steps",
+                "where PTQ misses the budget: quantization-aware fine-tuning steps before float layers",
                 is_text=False))),
+    Stage("quant-search", "pipeline.workstation.quant_search", "which INT8 settings agree best with FP32",
+          "Quantize with NNCF's activation range estimators (mean min-max, min-max, percentile, "
+          "histogram/MSE), calibration sets of 256-2,048 images and per-channel or per-tensor "
+          "weights, one factor at a time; "
+          "score each signed file against FP32 on the tuning half of val; writes "
+          "bench/quant-search.{json,png} and the --set overrides of the best."),
     Stage("evaluate", "pipeline.device.evaluate", "accuracy of the target's models, INT8 vs FP32",
           "Top-1/top-5, per-class accuracy and confusion with INT8-vs-FP32 agreement and flips, "
           "for the models the target deploys: on cpu the run's ONNX models and checkpoint; on a "

@@ -141,6 +141,26 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
     return Path(path)
 
 
+def plot_search(rows: list[dict[str, Any]], best: str, path: Path) -> Path:
+    """Each quantization candidate's agreement with FP32 on the tuning half, with its 95%
+    interval: overlapping intervals say the ranking between them is not settled."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 0.4 * len(rows) + 1.5))
+    for y, row in enumerate(rows):
+        value, (low, high) = 100 * row["top1_agreement"], row["top1_agreement_ci95"]
+        color = "tab:green" if row["candidate"] == best else "tab:blue"
+        ax.errorbar(value, y, xerr=[[value - 100 * low], [100 * high - value]], fmt="o", color=color, capsize=3)
+    ax.set_yticks(range(len(rows)), [r["candidate"] for r in rows])
+    ax.invert_yaxis()
+    ax.axvline(99.5, color="tab:red", linestyle="--", linewidth=1, label="99.5%")
+    ax.set_xlabel("top-1 agreement with FP32 on the tuning half (%), 95% interval")
+    ax.set_title("signed INT8 file: quantization settings compared (best in green)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return _save(plt, fig, path)
+
+
 def plot_degradation(curves: dict[str, dict[str, list[float]]], path: Path) -> Path:
     """The paper's figure: plain (left) and residual (right), train dashed, val solid."""
     plt = pyplot()

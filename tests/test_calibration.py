@@ -125,3 +125,18 @@ def test_uint8_rewrite_keeps_the_range_and_the_outputs(tmp_path: Path) -> None:
 def test_asymmetric_uint8_cannot_be_rewritten() -> None:
     with pytest.raises(StaleArtifactError, match="asymmetric"):
         to_tensorrt_rules(qdq_conv(np.uint8(128)))
+
+
+def test_a_scale_shared_by_pairs_with_their_own_zero_points_gets_one_name_each() -> None:
+    """The TorchScript exporter (quantization-aware models) gives a Q and its DQ their own
+    zero-point constants around one scale: the rewrite must not add two initializers of one
+    name (ONNX Runtime then warns and keeps the last; TensorRT's parser refuses)."""
+    model = qdq_conv(np.uint8(0))
+    model.graph.initializer.append(numpy_helper.from_array(np.uint8(0), "a_zero_dq"))
+    dq = next(n for n in model.graph.node if n.name == "act_dq")
+    dq.input[2] = "a_zero_dq"
+    trt, rewritten = to_tensorrt_rules(model)
+    names = [init.name for init in trt.graph.initializer]
+    assert rewritten == 2 and len(names) == len(set(names))
+    assert check_tensorrt_qdq(trt) == []
+    onnx.checker.check_model(trt)

@@ -339,3 +339,69 @@ def test_weak_fp16_typing_changes_the_numbers_and_strong_typing_keeps_onnx_runti
     np.testing.assert_allclose(logits["strong"], expected, rtol=1e-6, atol=1e-6)
     moved = np.abs(logits["weak"] - expected).max()
     assert 1e-4 < moved < 0.5 and (logits["weak"].argmax(1) == expected.argmax(1)).mean() >= 0.98
+
+
+def run_with_a_float_layer(run, tmp_path: Path) -> tuple[Path, str]:
+    """A run folder whose model.int8.onnx has one convolution left in float, as accuracy
+    control leaves them: its weights a plain FP32 initializer, no DequantizeLinear."""
+    import onnx
+    from onnx import numpy_helper
+
+    from calibration.qdq import float_layers
+
+    model = onnx.load(str(run.run_dir / "model.int8.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {out: n for n in model.graph.node for out in n.output}
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and n.name != "node_conv1"
+                and producers.get(n.input[1]) is not None)
+    dq = producers[conv.input[1]]
+    q = producers.get(dq.input[0])
+    weight = inits[q.input[0]] if q is not None and q.op_type == "QuantizeLinear" else \
+        inits[dq.input[0]].astype("float32") * inits[dq.input[1]].reshape(-1, 1, 1, 1)
+    model.graph.initializer.append(numpy_helper.from_array(weight.astype("float32"), conv.name + "_w32"))
+    conv.input[1] = conv.name + "_w32"
+    out = tmp_path / "float-layer"
+    out.mkdir()
+    onnx.save(model, str(out / "model.int8.onnx"))
+    assert float_layers(model) == [conv.name]
+    return out, conv.name
+
+
+def plan_header(trt: types.ModuleType, plan: bytes) -> dict:
+    """The emulated plan's header (the emulator's own record of what the builder was told)."""
+    import struct
+
+    start = len(trt._PLAN_MAGIC)
+    size, = struct.unpack(">I", plan[start:start + 4])
+    return json.loads(plan[start + 4:start + 4 + size])
+
+
+def test_float_layers_stay_fp32_where_fp16_is_allowed(quantized_run, trt_emulator, tmp_path: Path) -> None:
+    """A DLA build allows FP16 in unquantized layers: the layer accuracy control kept in float
+    is pinned to FP32 (OBEY_PRECISION_CONSTRAINTS) and placed on the GPU, and the sidecar says so."""
+    trt = trt_emulator.trt
+    trt.NUM_DLA_CORES[0] = 2
+    out, name = run_with_a_float_layer(quantized_run, tmp_path)
+    profile = dataclasses.replace(get_profile("jetson-agx-orin"), **DLA_STATIC)
+    path = engine.build_one(trt, out, profile, "int8", IDENTITY)
+    config = built_config(trt)
+    assert config.get_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS) and config.get_flag(trt.BuilderFlag.FP16)
+    record = json.loads(sidecar_path(path).read_text())
+    assert record["float_layers"]["layers"] == [name] and record["float_layers"]["tensorrt_layers"] == [name]
+    assert "OBEY_PRECISION_CONSTRAINTS" in record["float_layers"]["how"]
+    assert name in record["gpu_fallback_layers"]
+    header = plan_header(trt, path.read_bytes())
+    assert header["fp32_layers"] == [name] and header["layers"][name] == "GPU"
+    # a name TensorRT's network does not have is refused, not silently left to FP16
+    request = BuildRequest(out / "model.int8.onnx", "int8", profile, 32, float_layers=("no_such_layer",))
+    with pytest.raises(ExportError, match="float layer no_such_layer is not in TensorRT's network"):
+        build_engine(trt, request)
+
+
+def test_strong_typing_keeps_float_layers_fp32_with_no_flags(quantized_run, trt_emulator, tmp_path: Path) -> None:
+    trt = trt_emulator.trt
+    out, name = run_with_a_float_layer(quantized_run, tmp_path)
+    path = engine.build_one(trt, out, get_profile("jetson-orin-nano"), "int8", IDENTITY)
+    assert built_config(trt).flags == 0
+    record = json.loads(sidecar_path(path).read_text())
+    assert record["float_layers"] == {"layers": [name], "how": "strong typing"}

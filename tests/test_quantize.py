@@ -148,8 +148,9 @@ def test_corrupt_calibration_image_is_named_unless_skipped(digits_run, tmp_path:
     assert manifest["count"] == base.calibrate.images - 1
 
 
-def test_bench_quant_compares_side_by_side(quantized) -> None:
-    """Both runtimes, every rendering, in one run; accuracy joined from evaluate's rows."""
+def test_bench_quant_compares_side_by_side(quantized, capsys) -> None:
+    """Both runtimes, every rendering, in one run; accuracy joined from evaluate's rows, on
+    the reporting half, beside the method that made each INT8 file."""
     from pipeline.runners.openvino_runner import has_bf16
     from pipeline.workstation import bench_quant
 
@@ -165,6 +166,16 @@ def test_bench_quant_compares_side_by_side(quantized) -> None:
         assert row["top1"] is not None and row["agreement"] is not None, row["model"]
     assert rows["onnxruntime-int8-cpu"]["size_mb"] < rows["onnxruntime-fp32"]["size_mb"]
     assert (quantized.run_dir / "bench" / "quant.png").is_file()
+    signed = rows["onnxruntime-int8"]
+    evaluation = json.loads((quantized.run_dir / "eval" / "onnxruntime-int8.json").read_text())
+    assert signed["reporting"] == evaluation["halves"]["reporting"]
+    assert signed["reporting"]["images"] + signed["tuning"]["images"] == evaluation["images"]
+    made = record["methods"]["model.int8.onnx"]
+    assert made["method"].startswith("NNCF PTQ, mean minmax activation ranges") and made["float_layers"] == []
+    shown = capsys.readouterr().out
+    assert f"reporting half of val: {signed['reporting']['images']} images" in shown
+    assert f"{signed['reporting']['top1_agreement']:.2%} [" in shown
+    assert "model.int8.onnx: NNCF PTQ" in shown and "float layers: none" in shown
 
 
 def _run_with(quantized, root: Path, name: str) -> tuple[Path, object]:

@@ -176,8 +176,10 @@ def test_tensorrt_11_removed_implicit_calibration_so_we_check_by_feature() -> No
 
 
 # Names TensorRT 11 removed; our code may reach them only behind a feature check.
+# (Layer precision constraints went with weak typing: the builder pins float layers only in a
+# weakly typed FP16 build, which needs the FP16 flag it checks for first.)
 REMOVED_IN_11 = {"FP16", "INT8", "int8_calibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator",
-                 "OBEY_PRECISION_CONSTRAINTS", "EXPLICIT_BATCH"}
+                 "OBEY_PRECISION_CONSTRAINTS", "EXPLICIT_BATCH", "precision", "set_output_type"}
 # Python API names TensorRT 8.6 added: every name NVIDIA's Python bindings source
 # (NVIDIA/TensorRT python/src) binds at tag v8.6.1 and not at tag 8.5.2 (the OSS release of
 # 8.5.2.2, JetPack 5.1's TensorRT), keyword-argument names left out. The 8.6.1 wheel has
@@ -245,7 +247,8 @@ OWN_NAMES = {
     BUILDER: {"onnx_path", "precision", "input_size", "timing_cache", "calibrator", "workspace_mb",
               "optimization_level", "min_batch", "opt_batch", "max_batch", "dla_core", "gpu_fallback",
               "read_bytes", "is_file", "append", "startswith",
-              "on_dla", "unquantized_fp16", "typing", "unquantized"},  # BuildRequest, TargetProfile, Semantics
+              "on_dla", "unquantized_fp16", "typing", "unquantized", "float_layers",
+              "isdigit"},  # BuildRequest, TargetProfile, Semantics, str
     RUNNER: {"precision", "trt", "cuda", "engine", "context", "inputs", "outputs", "stream", "events",
              "buffers", "last_timing", "astype", "dtype", "shape", "copy", "clear", "get", "nbytes",
              "from_dict", "record", "synchronize", "time_since",  # ours, or pycuda's stream/event

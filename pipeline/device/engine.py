@@ -19,7 +19,7 @@ from pipeline.device.bundle import is_device_run
 from pipeline.device.deployment import deployment
 from pipeline.errors import StaleArtifactError
 from pipeline.device.tensorrt_build import BuildRequest, BuildResult, build_engine
-from pipeline.onnx_meta import read_metadata
+from pipeline.onnx_meta import load_onnx, read_metadata
 from pipeline.optional import import_pycuda
 from pipeline.preprocess import Preprocessing
 from pipeline.runners.tensorrt_runner import import_tensorrt, machine_identity
@@ -61,9 +61,11 @@ def build_one(trt: Any, out: Path, profile: TargetProfile, precision: str, ident
     calibration, e.g. DLA on JetPack 6) from the FP32 ONNX with the calibration tensors."""
     implicit = precision == "int8" and bool(profile.calibrator)
     onnx_path = out / ("model.int8.onnx" if precision == "int8" and not implicit else "model.fp32.onnx")
+    kept: tuple = ()
     if precision == "int8" and not implicit:
-        from calibration.qdq import require_tensorrt_qdq
+        from calibration.qdq import float_layers, require_tensorrt_qdq
         require_tensorrt_qdq(onnx_path)
+        kept = tuple(float_layers(load_onnx(onnx_path, external_data=False)))
     size = int(read_metadata(onnx_path)["preprocessing"]["input_size"])
     folder = out / "engines" / profile.name
     engine = folder / f"model.{precision}.engine"
@@ -71,7 +73,7 @@ def build_one(trt: Any, out: Path, profile: TargetProfile, precision: str, ident
     if implicit and calibrator is None:
         calibrator = implicit_calibrator(out, onnx_path, profile, folder)
     start = time.perf_counter()
-    built = build_engine(trt, BuildRequest(onnx_path, precision, profile, size, cache, calibrator))
+    built = build_engine(trt, BuildRequest(onnx_path, precision, profile, size, cache, calibrator, kept))
     seconds = time.perf_counter() - start
     record = engine_record(onnx_path, out, profile, precision, identity, size, seconds)
     record.update(build_facts(built, calibrator, precision, out))
@@ -105,7 +107,7 @@ def build_facts(built: BuildResult, calibrator: Any, precision: str, out: Path) 
     the engine's layers, and for implicit INT8 the calibration cache and its key."""
     facts: Dict[str, Any] = {"precision_semantics": built.semantics.to_dict(), "device": built.device,
                              "dla_core": built.dla_core, "gpu_fallback_layers": built.fallback_layers,
-                             "engine_layers": built.engine_layers}
+                             "engine_layers": built.engine_layers, "float_layers": built.float_layers}
     if calibrator is not None:
         cache = Path(calibrator.cache_path)
         facts["calibration"] = {"method": "implicit calibrator",

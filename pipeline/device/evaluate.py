@@ -198,6 +198,16 @@ def reporting_half(split: ImageSplit) -> np.ndarray:
     return np.array([hashlib.sha256(key.encode()).digest()[0] % 2 == 1 for key in keys], dtype=bool)
 
 
+def tuning_split(cfg: Config, classes: tuple[str, ...]) -> ImageSplit:
+    """The tuning half of val: every choice is made on it, none on the reporting half."""
+    split = laid_out_split(cfg.data, "val")
+    if tuple(split.classes) != classes:
+        raise DataError(f"{split.root}: classes differ from the model's; the model was trained on other data")
+    keep = np.nonzero(~reporting_half(split))[0]
+    return ImageSplit(split.root, tuple(split.files[i] for i in keep), tuple(split.labels[i] for i in keep),
+                      split.classes)
+
+
 def halves(scores: Scores, reference: Scores, reporting: np.ndarray) -> Dict[str, Any]:
     """Agreement and top-1 drop, with intervals and flips, on each half (the flipped images
     themselves are listed once, in ``versus_reference``)."""

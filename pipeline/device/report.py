@@ -246,6 +246,17 @@ def camera_lines(camera: dict[str, Any] | None) -> list[str]:
             f"INT8 vs FP32 agreement {_pct(camera.get('top1_agreement'))} on {camera.get('shadow_frames')} frames."]
 
 
+def route_text(route: dict[str, Any] | None) -> str:
+    """What quantization tried before the deployed model, on the tuning half, against its budget."""
+    if not route or not route.get("attempts"):
+        return ""
+    (kind, budget), = route["budget"].items()
+    key = "top1_drop" if kind == "top-1 drop" else "disagreement"
+    tried = "; ".join(f"{a['method']} {_pct(a[key])} ({'within' if a['within_budget'] else 'over'})"
+                      for a in route["attempts"])
+    return f" Budget: {kind} <= {_pct(budget)} on {route['tuning_images']} tuning images; tried: {tried}."
+
+
 def markdown(summary: dict[str, Any], run_id: int, base: dict[str, Any] | None) -> str:
     head = (f"## Report {run_id}: {summary['run']} on {summary['target']}"
             + (f" (baseline {base['id']})" if base else " (no baseline)") + "\n\n"
@@ -257,9 +268,10 @@ def markdown(summary: dict[str, Any], run_id: int, base: dict[str, Any] | None) 
              f"{_num(r['p90'])} | {_num(r['p99'])} | {_num(r['throughput'], 0)} | {_num(r['speedup'])}x | "
              f"{_num(r['size_mb'], 1)} |" for r in summary["rows"]]
     quant = summary.get("quantize") or {}
-    extra = [f"\nCalibration: {quant.get('calibration', {}).get('images', '-')} images, set "
-             f"{str(quant.get('calibration', {}).get('set_sha256', '-'))[:12]}; layers kept in float: "
-             f"{', '.join(quant.get('float_layers') or []) or 'none'}."]
+    extra = [f"\nQuantization: {quant.get('settings') or quant.get('method', '-')}; calibration set "
+             f"{str(quant.get('calibration', {}).get('set_sha256', '-'))[:12]} "
+             f"({quant.get('calibration', {}).get('images', '-')} images); layers kept in float: "
+             f"{', '.join(quant.get('float_layers') or []) or 'none'}.{route_text(quant.get('route'))}"]
     extra += deployment_lines(summary) + halves_lines(summary)
     extra += camera_lines(summary.get("camera"))
     state = summary["environment"].get("jetson_state")

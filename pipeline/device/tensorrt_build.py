@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from pipeline.artifacts import atomic_path
 from pipeline.errors import ConfigError, ExportError, MissingDependencyError
@@ -43,6 +43,7 @@ class BuildRequest:
     input_size: int
     timing_cache: Optional[Path] = None
     calibrator: Any = None
+    float_layers: Tuple[str, ...] = ()   # ONNX layers quantization kept in float (accuracy control)
 
     @property
     def on_dla(self) -> bool:
@@ -72,6 +73,7 @@ class BuildResult:
     dla_core: int                  # -1: the GPU
     fallback_layers: List[str] = field(default_factory=list)
     engine_layers: Optional[List[str]] = None
+    float_layers: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def device(self) -> str:
@@ -90,6 +92,7 @@ def build_engine(trt: Any, request: BuildRequest) -> BuildResult:
         config.builder_optimization_level = request.profile.optimization_level
     add_shapes(builder, config, network, request)
     set_precision(trt, config, request, semantics)
+    kept = keep_float(trt, config, network, request, semantics)
     fallback = set_dla(trt, builder, config, network, request)
     cache = load_timing_cache(config, request.timing_cache)
     plan = builder.build_serialized_network(network, config)
@@ -98,7 +101,7 @@ def build_engine(trt: Any, request: BuildRequest) -> BuildResult:
                           f"{request.profile.name} ({request.precision}); see TensorRT's log above")
     save_timing_cache(config, cache, request.timing_cache)
     core = request.profile.dla_core if request.on_dla else -1
-    return BuildResult(bytes(plan), semantics, core, fallback, engine_layers(trt, logger, bytes(plan)))
+    return BuildResult(bytes(plan), semantics, core, fallback, engine_layers(trt, logger, bytes(plan)), kept)
 
 
 def precision_semantics(trt: Any, request: BuildRequest) -> Semantics:
@@ -175,6 +178,39 @@ def set_precision(trt: Any, config: Any, request: BuildRequest, semantics: Seman
             raise MissingDependencyError(f"this TensorRT ({_version(trt)}) has no implicit "
                                          f"calibration; use the Q/DQ model (model.int8.onnx)")
         config.int8_calibrator = request.calibrator
+
+
+def keep_float(trt: Any, config: Any, network: Any, request: BuildRequest, semantics: Semantics) -> Dict[str, Any]:
+    """The layers accuracy control left in float run in FP32 on every TensorRT version. Strong
+    typing (10, 11) and 8.5 without the FP16 flag already run them in the ONNX's FP32; where
+    weak typing allows FP16 (a DLA build, ``unquantized_fp16``), each is pinned to FP32 with
+    OBEY_PRECISION_CONSTRAINTS, and on a DLA build placed on the GPU (the DLA has no FP32)."""
+    names = list(request.float_layers)
+    if not names or semantics.unquantized != "fp16":
+        how = "strong typing" if semantics.typing == "strong" else "no FP16 flag"
+        return {"layers": names, "how": how} if names else {}
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    pinned = [layer for layer in layers if any(_made_from(layer.name, name) for name in names)]
+    missing = [n for n in names if not any(_made_from(layer.name, n) for layer in pinned)]
+    if missing:
+        raise ExportError(f"{request.onnx_path}: float layer {missing[0]} is not in TensorRT's network "
+                          f"(the ONNX parser named its layers otherwise)")
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    for layer in pinned:
+        layer.precision = trt.DataType.FLOAT
+        for index in range(layer.num_outputs):
+            layer.set_output_type(index, trt.DataType.FLOAT)
+        if request.on_dla:
+            config.set_device_type(layer, trt.DeviceType.GPU)
+    where = ", on the GPU" if request.on_dla else ""
+    return {"layers": names, "how": f"FP32 precision constraints (OBEY_PRECISION_CONSTRAINTS){where}",
+            "tensorrt_layers": [layer.name for layer in pinned]}
+
+
+def _made_from(layer: str, node: str) -> bool:
+    """TensorRT's ONNX parser names a node's first layer after the node, and further ones
+    with a ``_<n>`` suffix."""
+    return layer == node or (layer.startswith(node + "_") and layer[len(node) + 1:].isdigit())
 
 
 def set_dla(trt: Any, builder: Any, config: Any, network: Any, request: BuildRequest) -> List[str]:

@@ -7,26 +7,23 @@ rules (signed INT8, zero point 0) and checked against them; engines are built fr
 """
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from calibration.feeding import calibration_inputs, require_finite_outputs
 from calibration.manifest import CalibrationManifest, load_manifest
-from calibration.qdq import check_tensorrt_qdq, to_tensorrt_rules, QDQ_OPS
+from calibration.qdq import check_tensorrt_qdq, float_layers, to_tensorrt_rules, QDQ_OPS
 from pipeline.artifacts import atomic_path, provenance, sha256_file, write_json
 from pipeline.config import Config, QuantizeConfig, config_to_dict
-from pipeline.workstation.data import open_dataset
 from pipeline.errors import ExportError, StaleArtifactError
 from pipeline.onnx_meta import read_metadata
 from pipeline.optional import import_optional
-from pipeline.preprocess import Preprocessing, load_images
+from pipeline.preprocess import Preprocessing
+from pipeline.workstation.budget import quantize_within_budget
 
 
 def run(cfg: Config) -> Path:
@@ -44,11 +41,11 @@ def run(cfg: Config) -> Path:
     if cfg.quantize.method == "onnxruntime":
         return _run_peer(cfg, fp32_path, manifest_path, manifest.set_sha256, inputs)
     start = time.perf_counter()
-    if cfg.quantize.max_drop:
-        control = control_set(cfg, manifest, pre)
-        cpu_model = quantize_nncf_max_drop(fp32, inputs, control, cfg.quantize)
-    else:
-        cpu_model = quantize_nncf(fp32, inputs, cfg.quantize)
+    cpu_model, route = quantize_nncf(fp32, inputs, cfg.quantize), {"method": "ptq"}
+    if cfg.quantize.max_drop or cfg.quantize.max_disagreement:
+        nncf = import_optional("nncf", "to quantize the model (post-training INT8)", "pip install -r requirements.txt")
+        cpu_model, route = quantize_within_budget(cfg, fp32, inputs, manifest.classes, pre, cpu_model,
+                                                  advanced_parameters(nncf, cfg.quantize))
     _copy_metadata(fp32, cpu_model)
     trt_model, rewritten = to_tensorrt_rules(cpu_model)
     seconds = time.perf_counter() - start
@@ -60,7 +57,7 @@ def run(cfg: Config) -> Path:
         _save(model, path)
     paths = {kind: path for kind, (_, path) in models.items()}
     record = _record(cfg, fp32_path, manifest_path, manifest.set_sha256, len(inputs), models,
-                     rewritten, seconds)
+                     rewritten, seconds, route)
     write_json(out / "quantize.json", record)
     print(f"quantized with {len(inputs)} calibration images in {seconds:.0f} s: {paths['tensorrt']} "
           f"(TensorRT rules, {rewritten} UINT8 quantizers made INT8), {paths['cpu']} (UINT8 activations)")
@@ -134,7 +131,7 @@ def quantize_nncf(model: onnx.ModelProto, inputs: np.ndarray, cfg: QuantizeConfi
     dataset = nncf.Dataset(list(inputs[:, None]), lambda x: {name: x})  # items (1, 3, S, S)
     return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,
                          target_device=nncf.TargetDevice.CPU, subset_size=len(inputs),
-                         advanced_parameters=_advanced(nncf, cfg))
+                         advanced_parameters=advanced_parameters(nncf, cfg))
 
 
 def quantize_onnxruntime(fp32_path: Path, inputs: np.ndarray, out: Path) -> Path:
@@ -169,55 +166,30 @@ def _copy_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> None:
     target.metadata_props.extend(source.metadata_props)
 
 
-def control_set(cfg: Config, manifest: CalibrationManifest, pre: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    """Images for accuracy control: training images not in the calibration set.
+def advanced_parameters(nncf: Any, cfg: QuantizeConfig) -> Any:
+    """NNCF's advanced parameters from the configuration: bias correction off unless asked
+    for (``fast``), the activation range estimator, weight granularity. Activations stay
+    per-tensor and symmetric, as TensorRT accepts nothing else; they stay UINT8 after ReLUs
+    (``to_tensorrt_rules`` makes them INT8), as NNCF 3.4 refuses ``signedness_to_force`` on
+    every hardware configuration (its constraint check takes the configurations' "either"
+    for a conflict), and for min/max ranges signed INT8 would get the same scale."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
-    Choosing which layers stay in float by their effect on the val split would tune the
-    model to the split its accuracy is reported on, so a held-out slice of train is used.
-    """
-    split = open_dataset(cfg.data).split("train")
-    used = {item.path for item in manifest.items}
-    rest = [i for i, f in enumerate(split.files) if str(f) not in used]
-    picks = sorted(random.Random(cfg.run.seed + 1).sample(rest, min(cfg.quantize.control_images, len(rest))))
-    images = load_images([split.files[i] for i in picks], pre.prepare, cfg.data.workers, "control images")
-    return pre.normalize(images), np.array([split.labels[i] for i in picks])
-
-
-def quantize_nncf_max_drop(model: onnx.ModelProto, inputs: np.ndarray,
-                           control: tuple[np.ndarray, np.ndarray], cfg: QuantizeConfig) -> onnx.ModelProto:
-    """NNCF's accuracy control: layers go back to float until top-1 drops at most ``max_drop``."""
-    nncf = import_optional("nncf", "for accuracy-aware quantization", "pip install -r requirements.txt")
-    name = model.graph.input[0].name
-    calibration = nncf.Dataset(list(inputs[:, None]), lambda x: {name: x})
-    validation = nncf.Dataset(list(zip(control[0][:, None], control[1])), lambda item: {name: item[0]})
-    sessions: dict[int, ort.InferenceSession] = {}
-
-    def top1(candidate: onnx.ModelProto, items: Iterable[tuple[np.ndarray, int]]) -> tuple[float, list[float]]:
-        if id(candidate) not in sessions:  # NNCF calls this once per item while ranking layers
-            sessions[id(candidate)] = ort.InferenceSession(candidate.SerializeToString(),
-                                                           providers=["CPUExecutionProvider"])
-        session = sessions[id(candidate)]
-        hits = [float(session.run(None, {name: x})[0].argmax() == y) for x, y in items]
-        return float(np.mean(hits)), hits
-
-    return nncf.quantize_with_accuracy_control(
-        model, calibration, validation, top1, max_drop=cfg.max_drop, drop_type=nncf.DropType.ABSOLUTE,
-        preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
-        subset_size=len(inputs), advanced_quantization_parameters=_advanced(nncf, cfg))
+    return AdvancedQuantizationParameters(
+        disable_bias_correction=cfg.bias_correction == "off",
+        activations_range_estimator_params=_range_estimator(cfg.activation_range),
+        weights_quantization_params=QuantizationParameters(per_channel=False) if cfg.weights == "per_tensor" else None)
 
 
-def _advanced(nncf: Any, cfg: QuantizeConfig) -> Any:
-    """NNCF's advanced parameters: bias correction off unless asked for (``fast``)."""
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+def _range_estimator(name: str) -> Any:
+    """``mean_minmax`` is NNCF's own default for per-tensor activations (None keeps it);
+    ``percentile`` averages each image's 0.01% and 99.99% quantiles; ``histogram`` picks
+    the range minimising the quantization error on a histogram (the MSE estimator)."""
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    return AdvancedQuantizationParameters(disable_bias_correction=cfg.bias_correction == "off")
-
-
-def float_layers(model: onnx.ModelProto) -> list[str]:
-    """Conv/Gemm layers whose weights are not dequantized: those kept in higher precision."""
-    dequantized = {out for n in model.graph.node if n.op_type == "DequantizeLinear" for out in n.output}
-    return [n.name or n.output[0] for n in model.graph.node
-            if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] not in dequantized]
+    return {"mean_minmax": None, "minmax": RangeEstimatorParametersSet.MINMAX,
+            "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
+            "histogram": RangeEstimatorParametersSet.HISTOGRAM}[name]
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
@@ -227,17 +199,29 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 
 
 def _record(cfg: Config, fp32_path: Path, manifest_path: Path, set_sha256: str, images: int,
-            models: dict[str, tuple[onnx.ModelProto, Path]], rewritten: int, seconds: float) -> dict[str, Any]:
+            models: dict[str, tuple[onnx.ModelProto, Path]], rewritten: int, seconds: float,
+            route: dict[str, Any]) -> dict[str, Any]:
     """The record of both renderings, from the models in memory (no re-reading)."""
     record = provenance("quantize", {"fp32": fp32_path, "manifest": manifest_path})
     record.update(method="nncf", calibration={"images": images, "set_sha256": set_sha256},
                   seconds=seconds, uint8_quantizers_made_int8=rewritten,
-                  max_drop=cfg.quantize.max_drop or None,
+                  max_drop=cfg.quantize.max_drop or None, max_disagreement=cfg.quantize.max_disagreement or None,
+                  settings=describe(cfg.quantize, images, route["method"]), route=route,
                   float_layers=float_layers(models["tensorrt"][0]),
                   renderings={k: {"path": str(p), "sha256": sha256_file(p), "qdq_nodes": count_qdq(m)}
                               for k, (m, p) in models.items()},
                   config=config_to_dict(cfg))
     return record
+
+
+def describe(q: QuantizeConfig, images: int, method: str = "ptq") -> str:
+    """The method in words, as bench-quant and the report print it."""
+    budget = (f", budget: top-1 drop <= {q.max_drop:g}" if q.max_drop else
+              f", budget: disagreement <= {q.max_disagreement:g}" if q.max_disagreement else "")
+    how = {"ptq": "NNCF PTQ", "qat": f"NNCF QAT ({q.qat_steps} steps from the checkpoint)",
+           "accuracy-control": "NNCF PTQ + accuracy control"}[method]
+    return (f"{how}, {q.activation_range.replace('_', ' ')} activation ranges, "
+            f"{q.weights.replace('_', '-')} weights, {images} calibration images{budget}")
 
 
 def count_qdq(model: onnx.ModelProto) -> int:

@@ -41,7 +41,10 @@ contract instead of a happy path:
   holds, with one exception: a weakly typed engine built with the FP16 flag lets TensorRT
   run unquantized layers in FP16, so its float weights and every float activation outside
   Q/DQ are rounded through FP16 (a Cast pair after each such layer), while a strongly typed
-  or FP32 engine computes exactly what ONNX Runtime computes on the file. Implicit
+  or FP32 engine computes exactly what ONNX Runtime computes on the file. A layer pinned to
+  FP32 (``layer.precision`` with OBEY_PRECISION_CONSTRAINTS) keeps its FP32 weights and
+  outputs there, and cannot run on the DLA (``can_run_on_DLA`` is False; a layer given
+  ``config.set_device_type(layer, GPU)`` runs on the GPU without GPU_FALLBACK). Implicit
   calibration does not change them (the cache's scales are not applied).
 
 Test hooks (module-level lists, not TensorRT API): CALLS records calls, LOG records every
@@ -313,10 +316,11 @@ class ITensor:
 
 
 class INetworkDefinition:
-    __slots__ = ("_flags", "_explicit_batch", "_model", "_onnx", "_inputs", "_outputs")
+    __slots__ = ("_flags", "_explicit_batch", "_model", "_onnx", "_inputs", "_outputs", "_layers")
 
     def __init__(self, flags: int, explicit_batch: bool) -> None:
         self._flags, self._explicit_batch = flags, explicit_batch
+        self._layers: Dict[int, "ILayer"] = {}  # one object per layer: settings on it persist
         self._model: Any = None
         self._onnx = b""
         self._inputs: List[ITensor] = []
@@ -347,8 +351,11 @@ class INetworkDefinition:
     def get_layer(self, index: int) -> Optional["ILayer"]:
         if self._model is None or not 0 <= index < len(self._model.graph.node):
             return None
-        node = self._model.graph.node[index]
-        return ILayer(node.name or f"{node.op_type}_{index}", _LAYER_TYPES.get(node.op_type, LayerType.UNARY))
+        if index not in self._layers:
+            node = self._model.graph.node[index]
+            self._layers[index] = ILayer(node.name or f"{node.op_type}_{index}",
+                                         _LAYER_TYPES.get(node.op_type, LayerType.UNARY), len(node.output))
+        return self._layers[index]
 
 
 # The ONNX parser's layer for each ONNX operator (the emulator's table).
@@ -371,10 +378,38 @@ _DLA_LAYERS = {LayerType.CONVOLUTION, LayerType.ACTIVATION, LayerType.POOLING, L
 
 
 class ILayer:
-    __slots__ = ("_name", "_type")
+    __slots__ = ("_name", "_type", "_outputs", "_precision", "_output_types")
 
-    def __init__(self, name: str, layer_type: Any) -> None:
-        self._name, self._type = name, layer_type
+    def __init__(self, name: str, layer_type: Any, outputs: int = 1) -> None:
+        self._name, self._type, self._outputs = name, layer_type, outputs
+        self._precision: Any = None
+        self._output_types: Dict[int, Any] = {}
+
+    @property
+    def num_outputs(self) -> int:
+        return self._outputs
+
+    @property
+    def precision(self) -> Any:
+        return DataType.FLOAT if self._precision is None else self._precision
+
+    @precision.setter
+    def precision(self, dtype: Any) -> None:
+        if not isinstance(dtype, DataType):
+            raise TypeError("precision: expected tensorrt.DataType")
+        self._precision = dtype
+
+    @property
+    def precision_is_set(self) -> bool:
+        return self._precision is not None
+
+    def set_output_type(self, index: int, dtype: Any) -> None:
+        if not isinstance(dtype, DataType) or not 0 <= index < self._outputs:
+            raise TypeError("set_output_type(): incompatible function arguments")
+        self._output_types[index] = dtype
+
+    def get_output_type(self, index: int) -> Any:
+        return self._output_types.get(index, DataType.FLOAT)
 
     @property
     def name(self) -> str:
@@ -581,7 +616,7 @@ def _this_device() -> str:
 
 class IBuilderConfig:
     __slots__ = ("_logger", "_flags", "_pools", "_level", "_device_type", "_dla_core", "_calibrator",
-                 "_profiles", "_calibration_profile", "_timing_cache")
+                 "_profiles", "_calibration_profile", "_timing_cache", "_layer_devices")
 
     def __init__(self, logger: ILogger) -> None:
         self._logger, self._flags, self._pools, self._level = logger, 0, {}, 3
@@ -591,6 +626,15 @@ class IBuilderConfig:
         self._profiles: List[IOptimizationProfile] = []
         self._calibration_profile: Optional[IOptimizationProfile] = None
         self._timing_cache: Optional[ITimingCache] = None
+        self._layer_devices: Dict[str, Any] = {}
+
+    def set_device_type(self, layer: "ILayer", device_type: Any) -> None:
+        if not isinstance(layer, ILayer) or not isinstance(device_type, DeviceType):
+            raise TypeError("set_device_type(): incompatible function arguments")
+        self._layer_devices[layer.name] = device_type
+
+    def get_device_type(self, layer: "ILayer") -> Any:
+        return self._layer_devices.get(layer.name, self._device_type)
 
     def set_memory_pool_limit(self, pool: MemoryPoolType, pool_size: int) -> None:
         if not isinstance(pool, MemoryPoolType) or int(pool_size) < 0:
@@ -695,7 +739,8 @@ class IBuilderConfig:
         has no FP32)."""
         if not isinstance(layer, ILayer):
             raise TypeError("can_run_on_DLA(): incompatible function arguments: expected tensorrt.ILayer")
-        return layer.type in _DLA_LAYERS and any(n in ("FP16", "INT8") for n in self._flag_names())
+        return layer.type in _DLA_LAYERS and any(n in ("FP16", "INT8") for n in self._flag_names()) \
+            and not _pinned_fp32(layer, self)
 
     def create_timing_cache(self, serialized_timing_cache: Any) -> ITimingCache:
         """An empty blob gives a new cache; a blob TensorRT cannot read is reported and a new
@@ -801,6 +846,7 @@ def _build(logger: ILogger, network: INetworkDefinition, config: IBuilderConfig)
               "device": "DLA" if "DLA" in placement.values() else "GPU",
               "dla_core": config._dla_core if "DLA" in placement.values() else -1, "layers": placement,
               "optimization_level": config._level, "profiles": profiles, "calibration": calibration,
+              "fp32_layers": [layer.name for layer in network._layers.values() if _pinned_fp32(layer, config)],
               "io": [{"name": t.name, "mode": "INPUT" if t._is_input else "OUTPUT", "dtype": t.dtype.name,
                       "symbols": t._symbols} for t in network._inputs + network._outputs]}
     text = json.dumps(header).encode()
@@ -862,6 +908,8 @@ def _place_layers(logger: ILogger, network: INetworkDefinition, config: IBuilder
     dynamic = any(shapes[0] != shapes[2] for profile in profiles for shapes in profile.values())
     reasons = ([] if reduced else ["DLA runs only FP16 or INT8 layers and neither flag is set"]) + \
               (["DLA supports only static shapes (min = opt = max) and the profile is dynamic"] if dynamic else [])
+    on_gpu = {layer.name for layer in layers if config.get_device_type(layer) == DeviceType.GPU}
+    layers = [layer for layer in layers if layer.name not in on_gpu]
     refused = [layer.name for layer in layers if reasons or not config.can_run_on_DLA(layer)]
     if refused and not fallback:
         why = "; ".join(reasons) or f"layer {refused[0]} cannot run on DLA"
@@ -871,7 +919,13 @@ def _place_layers(logger: ILogger, network: INetworkDefinition, config: IBuilder
         _log(logger, "WARNING", f"{'; '.join(reasons)}: every layer falls back to the GPU (GPU_FALLBACK)")
     for name in refused if not reasons else []:
         _log(logger, "WARNING", f"Layer '{name}' is not supported on DLA, falling back to GPU.")
-    return {layer.name: "GPU" if layer.name in refused else "DLA" for layer in layers}
+    return {**{name: "GPU" for name in on_gpu},
+            **{layer.name: "GPU" if layer.name in refused else "DLA" for layer in layers}}
+
+
+def _pinned_fp32(layer: ILayer, config: IBuilderConfig) -> bool:
+    """A layer whose FP32 precision the builder must obey (the DLA has no FP32)."""
+    return layer._precision == DataType.FLOAT and config.get_flag(BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
 
 
 def _use_timing_cache(logger: ILogger, network: INetworkDefinition, config: IBuilderConfig) -> None:
@@ -1071,7 +1125,7 @@ class ICudaEngine:
         self._header, self._onnx, self._plan, self._logger = header, onnx_bytes, plan, logger
         self._tensors = [_TensorInfo(record) for record in header["io"]]
         if header.get("typing") == "weak" and "FP16" in header["flags"]:
-            onnx_bytes = _fp16_storage(onnx_bytes)
+            onnx_bytes = _fp16_storage(onnx_bytes, set(header.get("fp32_layers", ())))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1  # no idle thread pool spinning beside other runners
         options.inter_op_num_threads = 1
@@ -1132,10 +1186,10 @@ class ICudaEngine:
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
-def _fp16_storage(onnx_bytes: bytes) -> bytes:
+def _fp16_storage(onnx_bytes: bytes, fp32_layers: set = frozenset()) -> bytes:
     """The model as a weakly typed FP16 engine computes it: float weights rounded to FP16
     (Q/DQ scales stay FP32, as TensorRT keeps them) and each float output of a layer outside
-    Q/DQ rounded through FP16."""
+    Q/DQ rounded through FP16, except the layers pinned to FP32 (their weights and outputs)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -1143,13 +1197,14 @@ def _fp16_storage(onnx_bytes: bytes) -> bytes:
     graph = model.graph
     floats = {v.name for v in list(graph.value_info) + list(graph.output) if v.type.tensor_type.elem_type == 1}
     scales = {name for node in graph.node if node.op_type in _QDQ for name in node.input[1:]}
+    pinned = {name for node in graph.node if node.name in fp32_layers for name in node.input}
     for index, tensor in enumerate(graph.initializer):
-        if tensor.data_type == 1 and tensor.name not in scales:
+        if tensor.data_type == 1 and tensor.name not in scales | pinned:
             rounded = numpy_helper.to_array(tensor).astype(np.float16).astype(np.float32)
             graph.initializer[index].CopyFrom(numpy_helper.from_array(rounded, tensor.name))
     casts = []
     for node in graph.node:
-        if node.op_type in _QDQ:
+        if node.op_type in _QDQ or node.name in fp32_layers:
             continue
         for slot, name in enumerate(node.output):
             if name in floats:
@@ -1461,6 +1516,7 @@ if _MODE >= (11, 0):  # TensorRT 11: explicit quantization only, always explicit
     NetworkDefinitionCreationFlag = _mode_enum(NetworkDefinitionCreationFlag, drop=("EXPLICIT_BATCH",))
     BuilderFlag = _mode_enum(BuilderFlag, drop=("FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS",
                                                 "PREFER_PRECISION_CONSTRAINTS", "REFIT"))
+    del ILayer.precision, ILayer.precision_is_set, ILayer.set_output_type  # went with weak typing
     del IBuilderConfig.int8_calibrator, IBuilderConfig.set_calibration_profile
     del IBuilderConfig.get_calibration_profile
     del IInt8Calibrator, IInt8EntropyCalibrator2, IInt8MinMaxCalibrator, CalibrationAlgoType
