@@ -247,8 +247,11 @@ def test_ctrl_c_ends_with_the_summary_not_a_traceback(quantized_run, tmp_path) -
     cmd = [sys.executable, "-m", "pipeline", "camera", "--config", "configs/digits.toml", "--headless",
            "--source", str(frames), "--summary", str(summary),
            "--set", f'run.root="{quantized_run.run.root}"', "--set", f'data.root="{quantized_run.data.root}"']
+    # a suite started in the background (`make test &`) inherits SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler: the child starts with the default, as from a terminal
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = [proc.stdout.readline() for _ in range(2)]  # the models it runs, then frames flowing
     assert lines[0].startswith("models: ") and lines[1].startswith("camera: reading"), lines
     time.sleep(0.5)
@@ -256,7 +259,7 @@ def test_ctrl_c_ends_with_the_summary_not_a_traceback(quantized_run, tmp_path) -
     out, err = proc.communicate(timeout=60)
     assert "Traceback" not in err, err[-1500:]
     record = json.loads(summary.read_text())
-    assert record["status"] == "interrupted" and 0 < record["frames"] < 3000
+    assert record["status"] == "interrupted" and 0 < record["frames"] < 3000, record["frames"]
 
 
 def test_window_opens_under_xvfb(quantized_run, val_subset, tmp_path) -> None:

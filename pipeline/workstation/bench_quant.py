@@ -102,11 +102,15 @@ def change_text(figures: dict[str, Any]) -> str:
     if figures.get("top1_drop") is None:
         return "-"
     low, high = figures["top1_drop_ci95"]
-    return f"{-100 * figures['top1_drop']:+.2f} [{-100 * high:+.2f}, {-100 * low:+.2f}] pt"
+    change, low, high = (0.0 - 100 * v for v in (figures["top1_drop"], *figures["top1_drop_ci95"]))
+    return f"{change:+.2f} [{high:+.2f}, {low:+.2f}] pt"
 
 
-def versus_text(versus: dict[str, Any]) -> str:
+def versus_text(row: dict[str, Any]) -> str:
     """A search candidate's agreement change over the setting it challenged, with its interval."""
+    versus = row["versus_incumbent"]
+    if versus["against"] == row["candidate"]:
+        return "(the start: NNCF's defaults, the configured size)"
     low, high = versus["change_ci95"]
     return f"vs {versus['against']}: {100 * versus['change']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] pt"
 
@@ -128,4 +132,4 @@ def print_search(search: dict[str, Any]) -> None:
     for row in search["rows"]:
         mark = "*" if row["candidate"] == search["best"]["candidate"] else " "
         print(f" {mark} {row['candidate']:<30} {agreement_text(row):>24} {row['flips']:>5} {change_text(row):>24}  "
-              f"{versus_text(row['versus_incumbent'])}")
+              f"{versus_text(row)}")

@@ -24,6 +24,7 @@ import onnxruntime as ort
 from calibration.qdq import to_tensorrt_rules
 from pipeline.config import Config, QuantizeConfig
 from pipeline.device.evaluate import tuning_split
+from pipeline.errors import DataError
 from pipeline.optional import import_optional
 from pipeline.preprocess import Preprocessing, load_images
 
@@ -85,6 +86,10 @@ def quantize_within_budget(cfg: Config, fp32: onnx.ModelProto, inputs: np.ndarra
         if attempts[-1]["within_budget"]:
             return qat, _route("qat", judge, attempts, len(x))
     controlled = accuracy_control(fp32, inputs, (x, judge.targets), judge, advanced)
+    if not any(n.op_type == "QuantizeLinear" for n in controlled.graph.node):
+        raise DataError(f"{cfg.run_dir / 'model.int8.onnx'}: no INT8 model is within the budget ({judge.kind} "
+                        f"<= {judge.budget:g} on {len(x)} tuning images): accuracy control kept every layer "
+                        f"in float; loosen the budget")
     attempts.append(judge.figures("accuracy-control", controlled))
     _say(judge, attempts[-1], len(x))
     return controlled, _route("accuracy-control", judge, attempts, len(x))

@@ -168,7 +168,7 @@ def _score_file(path: Path, split: ImageSplit, cfg: Config, cache: dict[Preproce
 
 def _line(row: dict[str, Any]) -> str:
     return (f"  {row['candidate']:<30} agreement {agreement_text(row)} flips {row['flips']:>3}  "
-            f"top-1 change {change_text(row)}  {versus_text(row['versus_incumbent'])}  "
+            f"top-1 change {change_text(row)}  {versus_text(row)}  "
             f"({row['quantize_seconds']:.0f} s)")
 
 
