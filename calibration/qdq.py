@@ -86,13 +86,19 @@ def check_tensorrt_qdq(model: onnx.ModelProto) -> list[Violation]:
 
 def require_tensorrt_qdq(path: Path) -> int:
     """Check a file; raise naming the first violations. Returns the number of Q/DQ nodes."""
+    return sum(n.op_type in QDQ_OPS for n in load_tensorrt_qdq(path).graph.node)
+
+
+def load_tensorrt_qdq(path: Path) -> onnx.ModelProto:
+    """The model in a file, once it is checked against TensorRT's rules (raising naming the
+    first violations), for callers that go on reading it."""
     model = load_onnx(path)
     problems = check_tensorrt_qdq(model)
     if problems:
         listed = "; ".join(str(p) for p in problems[:3])
         raise StaleArtifactError(f"{path}: {len(problems)} Q/DQ node(s) break TensorRT's rules "
                                  f"({listed})")
-    return sum(n.op_type in QDQ_OPS for n in model.graph.node)
+    return model
 
 
 def _check_node(node: onnx.NodeProto, inits: dict[str, np.ndarray],

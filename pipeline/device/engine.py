@@ -19,7 +19,7 @@ from pipeline.device.bundle import is_device_run
 from pipeline.device.deployment import deployment
 from pipeline.errors import StaleArtifactError
 from pipeline.device.tensorrt_build import BuildRequest, BuildResult, build_engine
-from pipeline.onnx_meta import load_onnx, read_metadata
+from pipeline.onnx_meta import read_metadata
 from pipeline.optional import import_pycuda
 from pipeline.preprocess import Preprocessing
 from pipeline.runners.tensorrt_runner import import_tensorrt, machine_identity
@@ -63,9 +63,8 @@ def build_one(trt: Any, out: Path, profile: TargetProfile, precision: str, ident
     onnx_path = out / ("model.int8.onnx" if precision == "int8" and not implicit else "model.fp32.onnx")
     kept: tuple = ()
     if precision == "int8" and not implicit:
-        from calibration.qdq import float_layers, require_tensorrt_qdq
-        require_tensorrt_qdq(onnx_path)
-        kept = tuple(float_layers(load_onnx(onnx_path, external_data=False)))
+        from calibration.qdq import float_layers, load_tensorrt_qdq
+        kept = tuple(float_layers(load_tensorrt_qdq(onnx_path)))
     size = int(read_metadata(onnx_path)["preprocessing"]["input_size"])
     folder = out / "engines" / profile.name
     engine = folder / f"model.{precision}.engine"

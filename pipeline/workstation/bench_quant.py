@@ -101,9 +101,8 @@ def change_text(figures: dict[str, Any]) -> str:
     """The top-1 change in points (the negative of the drop) and its interval."""
     if figures.get("top1_drop") is None:
         return "-"
-    low, high = figures["top1_drop_ci95"]
-    change, low, high = (0.0 - 100 * v for v in (figures["top1_drop"], *figures["top1_drop_ci95"]))
-    return f"{change:+.2f} [{high:+.2f}, {low:+.2f}] pt"
+    change, upper, lower = (0.0 - 100 * v for v in (figures["top1_drop"], *figures["top1_drop_ci95"]))
+    return f"{change:+.2f} [{lower:+.2f}, {upper:+.2f}] pt"
 
 
 def versus_text(row: dict[str, Any]) -> str:

@@ -74,36 +74,36 @@ def quantize_within_budget(cfg: Config, fp32: onnx.ModelProto, inputs: np.ndarra
     x, labels = control_set(cfg, classes, pre)
     judge = Judge(fp32, x, labels, q)
     attempts = [judge.figures("ptq", ptq)]
-    _say(judge, attempts[-1], len(x))
+    _say(judge, attempts[-1])
     if attempts[-1]["within_budget"]:
-        return ptq, _route("ptq", judge, attempts, len(x))
+        return ptq, _route("ptq", judge, attempts)
     if q.qat_steps:
         from pipeline.workstation.qat import finetune
 
         qat = finetune(cfg, inputs, pre, advanced)
         attempts.append(judge.figures("qat", qat))
-        _say(judge, attempts[-1], len(x))
+        _say(judge, attempts[-1])
         if attempts[-1]["within_budget"]:
-            return qat, _route("qat", judge, attempts, len(x))
+            return qat, _route("qat", judge, attempts)
     controlled = accuracy_control(fp32, inputs, (x, judge.targets), judge, advanced)
     if not any(n.op_type == "QuantizeLinear" for n in controlled.graph.node):
         raise DataError(f"{cfg.run_dir / 'model.int8.onnx'}: no INT8 model is within the budget ({judge.kind} "
                         f"<= {judge.budget:g} on {len(x)} tuning images): accuracy control kept every layer "
                         f"in float; loosen the budget")
     attempts.append(judge.figures("accuracy-control", controlled))
-    _say(judge, attempts[-1], len(x))
-    return controlled, _route("accuracy-control", judge, attempts, len(x))
+    _say(judge, attempts[-1])
+    return controlled, _route("accuracy-control", judge, attempts)
 
 
-def _route(method: str, judge: Judge, attempts: list[dict[str, Any]], images: int) -> dict[str, Any]:
-    return {"method": method, "budget": {judge.kind: judge.budget}, "tuning_images": images, "attempts": attempts}
+def _route(method: str, judge: Judge, attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"method": method, "budget": {judge.kind: judge.budget}, "tuning_images": len(judge.x),
+            "attempts": attempts}
 
 
-def _say(judge: Judge, attempt: dict[str, Any], images: int) -> None:
-    value = attempt[judge.key]
+def _say(judge: Judge, attempt: dict[str, Any]) -> None:
     verdict = "within" if attempt["within_budget"] else "over"
-    print(f"  {attempt['method']}: {judge.kind} {value:.2%} on {images} tuning images, {verdict} the "
-          f"budget of {judge.budget:.2%}")
+    print(f"  {attempt['method']}: {judge.kind} {attempt[judge.key]:.2%} on {len(judge.x)} tuning images, "
+          f"{verdict} the budget of {judge.budget:.2%}")
 
 
 def control_set(cfg: Config, classes: tuple[str, ...], pre: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
@@ -112,10 +112,9 @@ def control_set(cfg: Config, classes: tuple[str, ...], pre: Preprocessing) -> tu
     of them flip); the reporting half is never read, so the figures evaluate gives there
     are of images no choice was made on."""
     split = tuning_split(cfg, classes)
-    picks: Iterable[int] = range(len(split))
+    picks = list(range(len(split)))
     if cfg.quantize.control_images:
         picks = sorted(random.Random(cfg.run.seed + 1).sample(picks, min(cfg.quantize.control_images, len(split))))
-    picks = list(picks)
     images = load_images([split.files[i] for i in picks], pre.prepare, cfg.data.workers, "tuning images")
     return pre.normalize(images), np.array([split.labels[i] for i in picks])
 

@@ -41,9 +41,10 @@ def finetune(cfg: Config, calibration: np.ndarray, pre: Preprocessing, advanced:
         raise StaleArtifactError(f"{ckpt_path}: quantization-aware fine-tuning starts from the trained "
                                  f"checkpoint, and this run has none (an ONNX-only run): set quantize.qat_steps=0")
     torch.manual_seed(cfg.run.seed)
-    teacher = load_checkpoint(ckpt_path).build()
+    checkpoint = load_checkpoint(ckpt_path)
+    teacher = checkpoint.build()  # build() makes a model of its own: the student's weights are separate
     batches = [torch.from_numpy(calibration[i:i + 8]) for i in range(0, len(calibration), 8)]
-    student = nncf.quantize(load_checkpoint(ckpt_path).build(), nncf.Dataset(batches),
+    student = nncf.quantize(checkpoint.build(), nncf.Dataset(batches),
                             preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
                             subset_size=len(calibration), advanced_parameters=advanced)
     _train(student, teacher, cfg, pre)

@@ -214,7 +214,7 @@ def _record(cfg: Config, fp32_path: Path, manifest_path: Path, set_sha256: str, 
     return record
 
 
-def describe(q: QuantizeConfig, images: int, method: str = "ptq") -> str:
+def describe(q: QuantizeConfig, images: int, method: str) -> str:
     """The method in words, as bench-quant and the report print it."""
     budget = (f", budget: top-1 drop <= {q.max_drop:g}" if q.max_drop else
               f", budget: disagreement <= {q.max_disagreement:g}" if q.max_disagreement else "")
