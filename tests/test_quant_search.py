@@ -168,10 +168,12 @@ def test_qat_exports_to_tensorrt_rules_and_stays_the_same_classifier(quantized_r
 
 
 def test_budget_route_tries_qat_before_float_layers(weak_run, tmp_path: Path) -> None:
-    """A budget post-training INT8 misses (no flip allowed, on a model full of near-ties) goes
-    to QAT, then to accuracy control if QAT misses too; the route is recorded and the
-    deployed signed file is within budget, checked here."""
-    cfg = in_run(weak_run, tmp_path, "route", max_disagreement=1e-6, qat_steps=10, qat_batch=16)
+    """A budget post-training INT8 misses (at most 3 of the 172 tuning images may flip, on a
+    model whose near-ties flip 7 to 13) goes to QAT, then to accuracy control if QAT misses
+    too; the route is recorded and the deployed signed file is within budget, checked here.
+    (A zero-flip budget is no test of the route: on some runs only an all-float model meets
+    it, which quantize refuses.)"""
+    cfg = in_run(weak_run, tmp_path, "route", max_disagreement=0.02, qat_steps=10, qat_batch=16)
     quantize.run(cfg)
     record = json.loads((cfg.run_dir / "quantize.json").read_text())
     route = record["route"]
@@ -181,9 +183,9 @@ def test_budget_route_tries_qat_before_float_layers(weak_run, tmp_path: Path) ->
     assert record["settings"].startswith({"qat": "NNCF QAT (10 steps", "accuracy-control": "NNCF PTQ + accuracy control"}
                                          [route["method"]])
     agreement, _ = signed_agreement(cfg, cfg.run_dir / "model.int8.onnx")
-    assert agreement == 1.0
+    assert 1 - agreement <= 0.02
     from pipeline.device.report import route_text
 
     said = route_text(route)
-    assert "Budget: disagreement <= 0.00%" in said and all(f"{m} " in said for m in methods)
+    assert "Budget: disagreement <= 2.00%" in said and all(f"{m} " in said for m in methods)
     assert check_tensorrt_qdq(onnx.load(str(cfg.run_dir / "model.int8.onnx"))) == []
