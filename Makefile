@@ -4,6 +4,8 @@
 #   make demo                                 digits: train -> export -> calibrate -> quantize -> evaluate
 #   make demo DATA=../shared/data/imagenette  any ImageFolder tree (train/ and val/)
 #   make demo DATASET=imagenette|cifar10      torchvision's datasets (under build/datasets)
+#   make import RUN=r ONNX=m.onnx CLASSES=labels.txt DATA=...   a classifier trained elsewhere
+#       (or TORCHVISION=mobilenet_v3_small WEIGHTS=sd.pth); then make quantize/bundle/... RUN=r DATA=...
 #   make bench / make report [ACCEPT=1]       latency + regression report (exit 1 on regression)
 #   make quant-search / make bench-quant      INT8 settings compared (tuning half); FP32 vs INT8 vs peers
 #   make test                                 the test suite (CPU)
@@ -59,14 +61,14 @@ ENGINE_READY := $(if $(ON_JETSON),$(DEVICE_VENV)/.installed,$(READY))
 DEVICE_RUN := $(or $(BUNDLE),$(wildcard $(B)/bundle.json))
 # TARGET as every stage resolves it (jetson -> this Jetson's profile), asked once.
 ifneq ($(TARGET),cpu)
-ifneq ($(filter engine evaluate camera bench crosscheck report,$(MAKECMDGOALS)),)
+ifneq ($(filter engine evaluate camera bench crosscheck report triton deepstream,$(MAKECMDGOALS)),)
 PROFILE := $(shell EDGERESNET_SYSROOT=$(EDGERESNET_SYSROOT) $(ENGINE_PY) -m pipeline resolve-target --target $(TARGET) 2>/dev/null || echo $(TARGET))
 endif
 endif
 
 FORCE:
-.PHONY: FORCE experiment-degradation demo train export calibrate quantize evaluate bench-quant quant-search engine bundle crosscheck \
-        camera clip bench-camera bench report targets setup setup-device device-pycuda device-sim test clean help
+.PHONY: FORCE experiment-degradation demo import train export calibrate quantize evaluate bench-quant quant-search engine bundle crosscheck \
+        camera clip bench-camera bench report triton bench-triton deepstream targets setup setup-device device-pycuda device-sim test clean help
 .DELETE_ON_ERROR:
 
 demo: $(B)/eval/onnxruntime-int8.json
@@ -85,9 +87,13 @@ setup: $(READY)
 TRT_BINDINGS := tensorrt-bindings==8.6.1 tensorrt-cu12-bindings==10.3.0 tensorrt-cu13-bindings==11.4.0.106
 PYCUDA := pycuda==2025.1.2
 
-$(READY): requirements.txt
+$(READY): requirements.txt requirements-pytriton.txt requirements-triton-stub.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt
+	$(VENV)/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-pytriton.txt
+	$(VENV)/bin/python -m venv --without-pip --clear $(VENV)/triton-stub
+	$(VENV)/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-triton-stub.txt \
+	    --target $(VENV)/triton-stub/lib/python$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')/site-packages
 	$(VENV)/bin/pip download --disable-pip-version-check -q --no-deps --only-binary=:all: \
 	    --python-version 3.11 -d $(VENV)/trt-bindings $(TRT_BINDINGS)
 	$(VENV)/bin/pip download --disable-pip-version-check -q --no-deps --no-binary=:all: --no-build-isolation \
@@ -95,6 +101,19 @@ $(READY): requirements.txt
 	touch $@
 
 # --- the workstation: train -> export -> calibrate -> quantize (never in a device run) ---
+# A run made by `import` (a classifier trained elsewhere; README, Bring your own model) has
+# no model.pt: nothing trains or exports over its model.fp32.onnx, calibration follows it.
+IMPORTED := $(shell grep -ls '"stage": "import"' $(B)/model.fp32.onnx.json 2>/dev/null)
+ONNX ?=
+TORCHVISION ?=
+WEIGHTS ?=
+CLASSES ?=
+PREPROCESSING ?= imagenet
+import: | $(READY)
+	$(PY) -m pipeline import $(ARGS) $(if $(ONNX),--onnx $(ONNX)) \
+	    $(if $(TORCHVISION),--torchvision $(TORCHVISION) --weights $(WEIGHTS)) --classes '$(CLASSES)' \
+	    --preprocessing $(PREPROCESSING)
+
 ifeq ($(DEVICE_RUN),)
 # The resolved configuration (recipe + SET overrides), one stamp per stage, rewritten only
 # when it changes: Make sees `SET="--set train.lr=0.05"` as a changed file.
@@ -102,13 +121,18 @@ S := $(B)/stamps
 $(S)/train.toml $(S)/export.toml $(S)/calibrate.toml $(S)/quantize.toml &: $(CONFIG) FORCE | $(READY)
 	@$(PY) -m pipeline config-stamps $(ARGS)
 
+ifeq ($(IMPORTED),)
 $(B)/model.pt: $(S)/train.toml
 	$(PY) -m pipeline train $(ARGS)
 
 $(B)/model.fp32.onnx: $(B)/model.pt $(S)/export.toml
 	$(PY) -m pipeline export $(ARGS)
+MODEL_SOURCE := $(B)/model.pt
+else
+MODEL_SOURCE := $(B)/model.fp32.onnx
+endif
 
-$(B)/calibration/manifest.json: $(B)/model.pt $(S)/calibrate.toml
+$(B)/calibration/manifest.json: $(MODEL_SOURCE) $(S)/calibrate.toml
 	$(PY) -m pipeline calibrate $(ARGS)
 
 # one calibration, two renderings: model.int8.onnx (TensorRT rules) and model.int8.cpu.onnx
@@ -178,9 +202,26 @@ clip: $(B)/model.int8.onnx
 bench-camera: $(B)/model.int8.onnx $(CHOSEN)
 	$(PY) -m pipeline bench-camera $(ARGS) --target $(TARGET)
 
+# --- Triton: a model repository of the deployed engine and the ONNX models (README, Triton);
+# always rewritten (cheap), as one repository folder serves whichever TARGET was named last.
+# bench-triton serves the INT8 ONNX with a real Triton server (PyTriton) and times it from
+# the client at concurrency 1, 4 and 16.
+triton: $(DEPLOYED) | $(ENGINE_READY)
+	$(ENGINE_PY) -m pipeline triton $(ARGS) --target $(TARGET)
+bench-triton: $(MODELS) | $(READY)
+	$(PY) -m pipeline triton $(ARGS) --target cpu
+	$(PY) -m pipeline bench-triton $(ARGS)
+
+# --- DeepStream: nvinfer config, the models with normalisation folded in, and their engine,
+# built on the machine that runs them (README, DeepStream); a TARGET change needs make -B
+deepstream: $(B)/deepstream/deepstream.json
+$(B)/deepstream/deepstream.json: $(MODELS) | $(ENGINE_READY)
+	$(ENGINE_PY) -m pipeline deepstream $(ARGS) --target $(TARGET)
+
 # --- regression reports: history in build/reports/history.sqlite -------------------------
 bench: $(EVALUATED) | $(ENGINE_READY)
 	$(ENGINE_PY) -m pipeline bench $(ARGS) --target $(TARGET)
+	$(if $(filter cpu,$(TARGET)),$(MAKE) --no-print-directory bench-triton)
 
 # NVIDIA's Polygraphy runs our engine, its own build of the ONNX and ONNX Runtime side by side
 crosscheck: $(DEPLOYED) | $(ENGINE_READY)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import load_config
-from pipeline.errors import PipelineError, RegressionError
+from pipeline.errors import PipelineError, RegressionError, one_line
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,18 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           (ARCH_FLAG,
            Flag("--resume", "train.resume", "continue from build/<run>/last.pt", is_switch=True),
            Flag("--weights", "model.weights", "fine-tune from a torchvision-format state dict"))),
+    Stage("import", "pipeline.workstation.import_model", "bring your own classifier: ONNX or torchvision",
+          "Write build/<run>/model.fp32.onnx from a classifier trained elsewhere: --onnx FILE, or "
+          "--torchvision NAME --weights STATE_DICT (a local file), with --classes labels.txt (one label a "
+          "line, or id<TAB>name) and --preprocessing imagenet|file.json. Refuses what cannot be deployed "
+          "(non-image input, open spatial size, operators TensorRT lacks). The data's class folders are "
+          "matched to the model's labels by name; calibrate, quantize, evaluate, bundle and the rest "
+          "then take the run as their own.",
+          (Flag("--onnx", "imported.onnx", "the classifier as ONNX (FP32)"),
+           Flag("--torchvision", "imported.torchvision", "a torchvision architecture, e.g. mobilenet_v3_small"),
+           Flag("--weights", "imported.weights", "its state dict (a local .pth, loaded weights-only)"),
+           Flag("--classes", "imported.classes", "labels file: one label a line, in output order"),
+           Flag("--preprocessing", "imported.preprocessing", "imagenet (default) or a JSON file"))),
     Stage("export", "pipeline.workstation.export", "export model.pt to model.fp32.onnx and check parity",
           "Export build/<run>/model.pt to ONNX (dynamic batch, metadata), run onnx.checker, and "
           "compare ONNX Runtime with PyTorch on real val images; fail above the tolerance."),
@@ -127,6 +139,23 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "Build engines/<target>/model.<precision>.engine (and the FP32 reference engine) from "
           "the Q/DQ or FP32 ONNX, on the machine that will run them; --target jetson detects "
           "the Jetson model. Needs TensorRT and pycuda.",
+          (TARGET_FLAG,)),
+    Stage("triton", "pipeline.device.triton", "Triton Inference Server model repository for a target",
+          "Write build/<run>/model_repository/: the target's engine for the TensorRT backend "
+          "(<name>_int8_trt, left out on the cpu target) and model.fp32.onnx/model.int8.onnx for the "
+          "ONNX Runtime backend, each with config.pbtxt (I/O from the graph, max batch from the "
+          "profile, dynamic batching, preprocessing as parameters) and labels.txt.",
+          (TARGET_FLAG,)),
+    Stage("bench-triton", "pipeline.workstation.serve_triton", "served latency: the ONNX model behind a real Triton",
+          "Serve the repository's <name>_int8_onnx (triton.serve_model) with PyTriton's Triton server on "
+          "localhost through ONNX Runtime, send real val images with tritonclient at concurrency 1, 4 "
+          "and 16 (each level bounded in requests and seconds); writes bench/triton.json and "
+          "triton.png. Needs nvidia-pytriton and tritonclient."),
+    Stage("deepstream", "pipeline.device.deepstream", "DeepStream nvinfer config, folded models and engine",
+          "Write build/<run>/deepstream/: the run's models with the normalisation nvinfer cannot express "
+          "folded into the graph and a Softmax on the logits, a TensorRT engine of the folded INT8 model "
+          "for --target, nvinfer's labels.txt and config_infer_primary.txt (process_mode 2: "
+          "config_infer_secondary.txt). Needs TensorRT and pycuda.",
           (TARGET_FLAG,)),
     Stage("unpack", "pipeline.device.unpack", "unpack a bundle into a run (on the device)",
           "Check a bundle made by `bundle` (every member a plain file listed in SHA256SUMS with "
@@ -238,11 +267,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"please report it)", file=sys.stderr)
         return 3
     return 0
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (some libraries' messages span several)."""
-    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
 
 
 def write_crash_log(stage: str, root: Path) -> Path | None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -47,6 +48,47 @@ def atomic_path(final: Path) -> Iterator[Path]:
         raise ArtifactWriteError(f"{final}: writing failed ({exc.strerror or exc}); nothing was written") from None
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; it replaces ``final`` only when the block
+    completes. A reader (Triton, DeepStream) sees the old folder or the new, never a
+    mixture; on failure the temporary folder goes and ``final`` is as it was. The folder
+    gets a plain ``mkdir``'s permissions (mkdtemp's 0700 would hide it from a server
+    running as another user)."""
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    except OSError as exc:
+        raise ArtifactWriteError(f"{final}: cannot write here ({exc.strerror or exc})") from None
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~umask())
+        _swap_in(staging, final)
+    except OSError as exc:
+        raise ArtifactWriteError(f"{final}: writing failed ({exc.strerror or exc}); nothing was written") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Rename the finished folder into place; an old one is moved aside first, put back if
+    the rename fails, and removed after."""
+    if not final.exists():
+        os.replace(staging, final)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+    try:
+        os.replace(final, old / final.name)
+        try:
+            os.replace(staging, final)
+        except OSError:
+            os.replace(old / final.name, final)
+            raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def umask() -> int:

@@ -82,6 +82,24 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ImportConfig:
+    """A classifier this project did not train (``import``): ``onnx`` a file, or
+    ``torchvision`` an architecture name with ``weights`` a local state dict; ``classes`` a
+    labels file (one label a line, or ``id<TAB>name``); ``preprocessing`` ``imagenet`` or
+    a JSON file of :class:`~pipeline.preprocess.Preprocessing` fields."""
+
+    onnx: str = ""
+    torchvision: str = ""
+    weights: str = ""
+    classes: str = ""
+    preprocessing: str = "imagenet"
+
+    def __post_init__(self) -> None:
+        _require(not (self.onnx and self.torchvision), "imported.onnx/torchvision", "one of them, not both",
+                 (self.onnx, self.torchvision))
+
+
+@dataclass(frozen=True)
 class PreprocessConfig:
     """Deployment preprocessing; ``resize`` 0 means ``input_size / 0.875``."""
 
@@ -314,6 +332,37 @@ class CameraConfig:
 
 
 @dataclass(frozen=True)
+class DeepStreamConfig:
+    """The ``nvinfer`` config of the ``deepstream`` stage: a primary classifier on whole frames
+    (``process_mode`` 1) or a secondary one on the objects of the detector ``operate_on_gie_id``
+    (``process_mode`` 2; -1: any), optionally only those of ``operate_on_class_ids``.
+    ``classifier_threshold`` compares the Softmax probability the folded model outputs."""
+
+    process_mode: int = 1
+    gie_id: int = 1
+    operate_on_gie_id: int = -1
+    operate_on_class_ids: Tuple[int, ...] = ()
+    classifier_threshold: float = 0.5
+    gpu_id: int = 0
+    maintain_aspect_ratio: bool = True   # letterbox (symmetric padding) instead of stretching
+
+    def __post_init__(self) -> None:
+        _require(self.process_mode in (1, 2), "deepstream.process_mode", "1 (primary) or 2 (secondary)",
+                 self.process_mode)
+        _require(self.gie_id >= 1 and self.gpu_id >= 0, "deepstream.gie_id/gpu_id", "gie_id >= 1 and gpu_id >= 0",
+                 (self.gie_id, self.gpu_id))
+        _require(0 <= self.classifier_threshold < 1, "deepstream.classifier_threshold",
+                 "a probability 0 <= x < 1", self.classifier_threshold)
+        _require(self.operate_on_gie_id >= -1 and self.operate_on_gie_id != self.gie_id,
+                 "deepstream.operate_on_gie_id", "-1 (any) or another element's gie id", self.operate_on_gie_id)
+        _require(all(c >= 0 for c in self.operate_on_class_ids), "deepstream.operate_on_class_ids",
+                 "class ids >= 0", self.operate_on_class_ids)
+        _require(self.process_mode == 2 or (self.operate_on_gie_id == -1 and not self.operate_on_class_ids),
+                 "deepstream.operate_on_gie_id/operate_on_class_ids", "only with process_mode = 2 (secondary)",
+                 (self.operate_on_gie_id, self.operate_on_class_ids))
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """Latency measurement: the batch every model is timed at."""
 
@@ -321,6 +370,45 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         _require(self.batch >= 1, "bench.batch", "an integer >= 1", self.batch)
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """The Triton model repository (``triton``) and the served-model benchmark (``bench-triton``).
+
+    ``preferred_batch`` () leaves Triton's dynamic batcher to form the largest batch it can
+    from what is queued (its documented default); ``onnx_kind`` auto puts the ONNX Runtime
+    models on the GPU of a GPU target and on the CPU of the cpu target. ``bench-triton``
+    serves ``serve_model`` (model.int8.onnx or model.fp32.onnx) and sends one image a
+    request at each concurrency, each level stopped at ``bench_requests`` or
+    ``bench_seconds``, whichever comes first."""
+
+    preferred_batch: Tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    instances: int = 1
+    onnx_kind: str = "auto"
+    serve_model: str = "int8"
+    threads: int = 0              # ONNX Runtime threads of the served runner; 0: one per core
+    bench_concurrency: Tuple[int, ...] = (1, 4, 16)
+    bench_requests: int = 400
+    bench_seconds: float = 10.0
+    bench_protocol: str = "grpc"
+    bench_images: int = 64        # distinct val images the requests cycle through
+
+    def __post_init__(self) -> None:
+        _require(all(s >= 1 for s in self.preferred_batch), "triton.preferred_batch", "batch sizes >= 1",
+                 self.preferred_batch)
+        _require(self.max_queue_delay_us >= 0 and self.threads >= 0, "triton.max_queue_delay_us/threads",
+                 "integers >= 0", (self.max_queue_delay_us, self.threads))
+        _require(self.instances >= 1 and self.bench_requests >= 1 and self.bench_images >= 1,
+                 "triton.instances/bench_requests/bench_images", "integers >= 1",
+                 (self.instances, self.bench_requests, self.bench_images))
+        _one_of("triton.onnx_kind", self.onnx_kind, ("auto", "gpu", "cpu"))
+        _one_of("triton.serve_model", self.serve_model, ("int8", "fp32"))
+        _one_of("triton.bench_protocol", self.bench_protocol, ("grpc", "http"))
+        _require(bool(self.bench_concurrency) and all(c >= 1 for c in self.bench_concurrency),
+                 "triton.bench_concurrency", "a list of concurrency levels >= 1", self.bench_concurrency)
+        _require(self.bench_seconds > 0, "triton.bench_seconds", "a positive time limit", self.bench_seconds)
 
 
 @dataclass(frozen=True)
@@ -347,6 +435,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    imported: ImportConfig = field(default_factory=ImportConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -356,8 +445,10 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     bundle: BundleConfig = field(default_factory=BundleConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
+    deepstream: DeepStreamConfig = field(default_factory=DeepStreamConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    triton: TritonConfig = field(default_factory=TritonConfig)
 
     @property
     def run_name(self) -> str:

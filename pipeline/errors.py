@@ -40,3 +40,8 @@ class MissingDependencyError(PipelineError):
 
 class RegressionError(PipelineError):
     """A report whose figures regressed beyond the budgets or the baseline (exit code 1)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (some libraries' messages span several)."""
+    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from pipeline.config import DataConfig
 from pipeline.errors import DataError
@@ -45,12 +45,15 @@ NAMED_TREES = {"digits": "digits", "cifar10": "cifar10", "imagenette": "imagenet
 
 @dataclass(frozen=True)
 class ImageSplit:
-    """One split's files and labels, with the dataset's class list."""
+    """One split's files and labels, with the dataset's class list (``names``: their
+    readable names where the tree gives them, e.g. in ``classes.tsv``)."""
 
     root: Path
     files: tuple[Path, ...]
     labels: tuple[int, ...]
     classes: tuple[str, ...]
+    names: tuple[str, ...] = ()
+    scored: tuple[int, ...] = ()  # relabelled for a model with more classes: the data's ones among them
 
     def __len__(self) -> int:
         return len(self.files)
@@ -66,7 +69,7 @@ class ImageDataset:
 
     def split(self, name: str) -> ImageSplit:
         """Scan ``<root>/<name>``; a missing split or a class with no images is refused."""
-        return scan_split(self.root / name, self.classes)
+        return scan_split(self.root / name, self.classes, self.names)
 
 
 def open_image_folder(root: Path) -> ImageDataset:
@@ -86,12 +89,12 @@ def open_image_folder(root: Path) -> ImageDataset:
     return ImageDataset(root, classes, read_class_names(root, classes))
 
 
-def scan_split(split_root: Path, classes: tuple[str, ...]) -> ImageSplit:
+def scan_split(split_root: Path, classes: tuple[str, ...], names: tuple[str, ...] = ()) -> ImageSplit:
     """List every image of a split in a stable (sorted) order."""
     samples = _walk_classes(Path(split_root), classes)
     files = tuple(Path(p) for p, _ in samples)
     labels = tuple(label for _, label in samples)
-    return ImageSplit(split_root, files, labels, classes)
+    return ImageSplit(split_root, files, labels, classes, tuple(names))
 
 
 def named_tree(root: Path, name: str) -> Path:
@@ -202,15 +205,71 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def open_split(folder: Path, classes: tuple[str, ...] | None = None) -> ImageSplit:
-    """A tree with ``val/`` gives its val split; otherwise ``folder`` is one split (its
-    class folders, unless the model's ``classes`` are given)."""
+def open_split(folder: Path) -> ImageSplit:
+    """A tree with ``val/`` gives its val split; otherwise ``folder`` is one split. Its
+    class folders are the classes, named by a ``classes.tsv`` in the split or the tree."""
     folder = Path(folder)
+    tree = folder
     if (folder / "val").is_dir():
         folder = folder / "val"
     if not folder.is_dir():
         raise DataError(f"{folder}: data folder not found")
-    return scan_split(folder, classes or _class_folders(folder))
+    classes = _class_folders(folder)
+    table = folder if (folder / "classes.tsv").is_file() else tree
+    return scan_split(folder, classes, read_class_names(table, classes))
+
+
+def for_model(split: ImageSplit, classes: Sequence[str], class_names: Sequence[str]) -> ImageSplit:
+    """``split`` relabelled in the model's label space: each class folder is matched to one
+    of the model's labels by name (its folder name, or its readable name from
+    ``classes.tsv``, against the model's class ids and readable names). The common case is
+    a model with more classes than the data, e.g. an ImageNet classifier checked on photos
+    of a few of its classes: top-1 is then scored over the model's whole output. A folder
+    that matches no label, or several, is refused with the list."""
+    classes, class_names = tuple(classes), tuple(class_names)
+    if split.classes == classes:
+        return split
+    mapping = class_mapping(split.classes, split.names or split.classes, classes, class_names, split.root)
+    return ImageSplit(split.root, split.files, tuple(mapping[label] for label in split.labels), classes,
+                      class_names, tuple(sorted(set(mapping))))
+
+
+def class_mapping(folders: Sequence[str], names: Sequence[str], classes: Sequence[str],
+                  class_names: Sequence[str], where: Path | str) -> tuple[int, ...]:
+    """The model's label index for each data class (see :func:`for_model`)."""
+    found, unmatched, ambiguous = [], [], []
+    for folder, name in zip(folders, names):
+        hits = _matching_labels(folder, name, classes, class_names)
+        if len(hits) == 1:
+            found.append(hits[0])
+        elif hits:
+            ambiguous.append(f"{folder} ({' / '.join(f'{i}: {class_names[i]}' for i in hits[:4])})")
+        else:
+            unmatched.append(folder if name == folder else f"{folder} ({name})")
+    if unmatched:
+        raise DataError(f"{where}: {len(unmatched)} class folder(s) match no label of the model "
+                        f"({len(classes)} labels): {', '.join(unmatched[:10])}"
+                        f"{', ...' if len(unmatched) > 10 else ''}; name each folder after one of the "
+                        f"model's labels, or map it in classes.tsv (folder<TAB>label)")
+    if ambiguous:
+        raise DataError(f"{where}: class folder(s) match several of the model's labels: "
+                        f"{'; '.join(ambiguous[:5])}; map each in classes.tsv (folder<TAB>label id)")
+    return tuple(found)
+
+
+def _matching_labels(folder: str, name: str, classes: Sequence[str], class_names: Sequence[str]) -> list[int]:
+    """Exact class id first (``n01440764``), then the folder's or readable name against
+    the ids and readable names, compared without case, underscores or extra spaces."""
+    for key in (folder, name):
+        exact = [i for i, c in enumerate(classes) if c == key]
+        if exact:
+            return exact
+    keys = {_plain(folder), _plain(name)}
+    return [i for i, (c, n) in enumerate(zip(classes, class_names)) if _plain(c) in keys or _plain(n) in keys]
+
+
+def _plain(label: str) -> str:
+    return " ".join(label.replace("_", " ").casefold().split())
 
 
 def read_class_names(root: Path, classes: tuple[str, ...]) -> tuple[str, ...]:

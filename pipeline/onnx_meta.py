@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import onnx
 
@@ -67,6 +67,12 @@ def set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
     for key, value in values.items():
         proto.metadata_props.add(key=META_PREFIX + key, value=value)
     proto.producer_name = "edgeresnet"
+
+
+def graph_inputs(graph: onnx.GraphProto) -> List[onnx.ValueInfoProto]:
+    """A graph's real inputs: older exporters list the initializers among them too."""
+    weights = {init.name for init in graph.initializer}
+    return [value for value in graph.input if value.name not in weights]
 
 
 def onnx_precision(path: Path) -> str:

@@ -189,3 +189,25 @@ def plot_residual_norms(norms: list[float], path: Path) -> Path:
     ax.set_title("resnet56: size of each residual branch's output relative to its input")
     ax.grid(alpha=0.3, axis="y")
     return _save(plt, fig, Path(path))
+
+
+def plot_served_latency(levels: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Client-side latency percentiles and throughput of a served model per concurrency
+    level: where queueing starts to cost latency without buying throughput."""
+    plt = pyplot()
+    fig, (ax_lat, ax_tput) = plt.subplots(1, 2, figsize=(11, 4))
+    concurrency = [lv["concurrency"] for lv in levels]
+    for key, style in (("p50_ms", "o-"), ("p90_ms", "s--"), ("p99_ms", "^:")):
+        ax_lat.plot(concurrency, [lv[key] for lv in levels], style, label=key[:-3])
+    ax_lat.set_ylabel("latency per request (ms)")
+    ax_lat.legend()
+    bars = ax_tput.bar([str(c) for c in concurrency], [lv["throughput"] for lv in levels], color="tab:blue")
+    ax_tput.bar_label(bars, fmt="%.0f")
+    ax_tput.set_ylabel("throughput (images/s)")
+    for ax in (ax_lat, ax_tput):
+        ax.set_xlabel("concurrent requests")
+        ax.grid(alpha=0.3)
+    ax_lat.set_xscale("log", base=2)
+    ax_lat.set_xticks(concurrency, [str(c) for c in concurrency])
+    fig.suptitle(title)
+    return _save(plt, fig, Path(path))

@@ -164,14 +164,14 @@ def test_bgrx_frames_become_bgr() -> None:
         bgrx_to_bgr(bgr)
 
 
-def test_a_clip_for_another_model_is_refused(quantized_run, tmp_path) -> None:
+def test_a_clip_for_another_model_is_refused_with_the_labels_it_cannot_match(quantized_run, tmp_path) -> None:
     clip = tmp_path / "c.avi"
     make_clip(scan_split(Path(quantized_run.data.root) / "digits" / "val", tuple(str(d) for d in range(10))),
               clip, 2, 1, (32, 32), seed=0)
     labels = json.loads(clip.with_suffix(".labels.json").read_text())
     labels["classes"] = ["cat", "dog"]
     clip.with_suffix(".labels.json").write_text(json.dumps(labels))
-    with pytest.raises(DataError, match="labels name 2 classes, the model has 10"):
+    with pytest.raises(DataError, match=r"2 class folder\(s\) match no label of the model \(10 labels\): cat, dog"):
         loop.run(camera_cfg(quantized_run, tmp_path, source=f"replay:{clip}"))
 
 

@@ -64,7 +64,7 @@ def signed_agreement(cfg, model_path: Path) -> tuple[float, int]:
     from the code under test (ONNX Runtime on both files)."""
     meta = read_metadata(cfg.run_dir / "model.fp32.onnx")
     pre = Preprocessing.from_dict(meta["preprocessing"])
-    split = tuning_split(cfg, tuple(meta["classes"]))
+    split = tuning_split(cfg, tuple(meta["classes"]), tuple(meta["class_names"]))
     x = pre.normalize(load_images(split.files, pre.prepare, 2, "tuning"))
     top1 = []
     for path in (cfg.run_dir / "model.fp32.onnx", model_path):
@@ -163,7 +163,8 @@ def test_qat_exports_to_tensorrt_rules_and_stays_the_same_classifier(quantized_r
     assert not [n for n in model.graph.node if n.op_type == "Constant"]
     signed, rewritten = quantize.to_tensorrt_rules(model)
     assert rewritten > 0 and check_tensorrt_qdq(signed) == []
-    x, _ = control_set(cfg, tuple(read_metadata(cfg.run_dir / "model.fp32.onnx")["classes"]), pre)
+    meta = read_metadata(cfg.run_dir / "model.fp32.onnx")
+    x, _ = control_set(cfg, (tuple(meta["classes"]), tuple(meta["class_names"])), pre)
     assert (predictions(signed, x) == predictions(fp32, x)).mean() >= 0.9
 
 

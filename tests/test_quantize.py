@@ -265,7 +265,8 @@ def test_same_count_of_other_classes_names_the_first_that_differs(quantized) -> 
     manifest = load_manifest(manifest_path, verify=False)
     meta = read_metadata(out / "model.fp32.onnx")
     quantize.require_same_model(out / "model.fp32.onnx", meta, out / "model.pt", manifest, manifest_path)
-    renamed = {**meta, "classes": [c if c != "7" else "seven" for c in meta["classes"]]}
+    seven = [c if c != "7" else "seven" for c in meta["classes"]]  # no folder of the data matches "seven"
+    renamed = {**meta, "classes": seven, "class_names": seven}
     with pytest.raises(StaleArtifactError, match=rf"model\.fp32\.onnx: class 7 is 'seven' but {manifest_path} has '7'"):
         quantize.require_same_model(out / "model.fp32.onnx", renamed, out / "model.pt", manifest, manifest_path)
 

@@ -26,8 +26,8 @@ import pipeline
 from pipeline.artifacts import atomic_path, read_json, sha256_file, write_json
 from pipeline.config import BundleConfig, Config
 from pipeline.device.camera.clip import labels_path, make_clip
-from pipeline.errors import ConfigError, DataError, StaleArtifactError
-from pipeline.imagefolder import ImageSplit, laid_out_split
+from pipeline.errors import ConfigError, StaleArtifactError
+from pipeline.imagefolder import ImageSplit, for_model, laid_out_split
 from pipeline.onnx_meta import read_metadata
 from pipeline.preprocess import Preprocessing
 from targets.profile import PROFILE_DIR, load_profiles
@@ -64,17 +64,16 @@ def make_bundle(run_dir: Path, out: Path, target: str, val: ImageSplit, cfg: Bun
     files = _run_files(run_dir, target)
     meta = read_metadata(files["model.fp32.onnx"])
     names, classes = meta["class_names"], meta["classes"]
-    if list(val.classes) != list(classes):
-        raise DataError(f"{val.root}: classes differ from the model's ({len(val.classes)} vs {len(classes)})")
+    labelled = for_model(val, classes, names)  # val's folders by name among the model's labels
     files.update({f"targets/{p.name}": p for p in sorted(PROFILE_DIR.glob("*.toml"))})
     if calibration:
         files.update(_calibration_tensors(run_dir, meta))
     files.update(_eval_set(val, cfg.eval_images, seed))
     with tempfile.TemporaryDirectory() as scratch:
-        clip = make_clip(val, Path(scratch) / "replay.avi", cfg.clip_images, cfg.clip_frames,
+        clip = make_clip(labelled, Path(scratch) / "replay.avi", cfg.clip_images, cfg.clip_frames,
                          tuple(cfg.clip_size), seed)
         files.update({CLIP: clip, str(labels_path(Path(CLIP))): labels_path(clip)})
-        texts = {"labels.txt": "\n".join(names) + "\n",
+        texts = {"labels.txt": "\n".join(names) + "\n", **_eval_labels(val, labelled),
                  RECORD: json.dumps(_record(run_dir, target, val, files, cfg, seed), indent=2) + "\n"}
         _write_archive(out, files, texts)
     return out
@@ -125,9 +124,18 @@ def _eval_set(val: ImageSplit, images: int, seed: int) -> Dict[str, Path]:
     return {f"{EVAL_SET}/{val.classes[val.labels[i]]}/{i:05d}-{val.files[i].name}": val.files[i] for i in chosen}
 
 
+def _eval_labels(val: ImageSplit, labelled: ImageSplit) -> Dict[str, str]:
+    """``evalset/classes.tsv`` where the model's labels are not the folders' names: each
+    folder with the label it was matched to, so the device scores by the same mapping."""
+    if labelled is val:
+        return {}
+    label_of = {val.classes[a]: labelled.classes[b] for a, b in zip(val.labels, labelled.labels)}
+    return {f"{EVAL_SET}/classes.tsv": "".join(f"{folder}\t{label}\n" for folder, label in sorted(label_of.items()))}
+
+
 def _record(run_dir: Path, target: str, val: ImageSplit, files: Dict[str, Path], cfg: BundleConfig,
             seed: int) -> Dict[str, Any]:
-    evals = [n for n in files if n.startswith(EVAL_SET + "/")]
+    evals = [n for n in files if n.startswith(EVAL_SET + "/")]  # the images (classes.tsv is a text)
     return {"format": FORMAT, "run": run_dir.name, "target": target, "producer": f"edgeresnet {pipeline.__version__}",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "eval_set": {"images": len(evals), "source": str(val.root), "seed": seed},

@@ -85,7 +85,7 @@ def image_batches(cfg: Config, onnx_path: Path, batch: int) -> tuple:
     deployed, in batches of the engine's largest shape (full batches only: a DLA engine's
     shape is static)."""
     meta = read_metadata(onnx_path)
-    split = evaluation_split(cfg, tuple(meta["classes"]))
+    split = evaluation_split(cfg, tuple(meta["classes"]), tuple(meta["class_names"]))
     pre = Preprocessing.from_dict(meta["preprocessing"])
     usable = len(split.files) - len(split.files) % batch
     if usable == 0:

@@ -23,7 +23,7 @@ from pipeline.config import Config
 from pipeline.device.bundle import EVAL_SET, is_device_run
 from pipeline.device.deployment import cpu_models, deployment
 from pipeline.errors import DataError
-from pipeline.imagefolder import ImageSplit, laid_out_split, open_split, scan_split
+from pipeline.imagefolder import ImageSplit, for_model, laid_out_split, open_split
 from pipeline.preprocess import Preprocessing, load_images
 from pipeline.runners.base import ModelInfo, Runner
 from pipeline.runners.compare import paired_change_interval, require_finite, softmax, wilson_interval
@@ -41,19 +41,30 @@ class Scores:
     top5_hit: np.ndarray  # (N,) bool
     confidence: np.ndarray  # (N,) softmax probability of the top-1 class
     labels: np.ndarray
+    scored: tuple = ()  # the data's classes where the model has more (ImageSplit.scored); () all
 
     def subset(self, keep: np.ndarray) -> "Scores":
-        return Scores(self.info, self.top1[keep], self.top5_hit[keep], self.confidence[keep], self.labels[keep])
+        return Scores(self.info, self.top1[keep], self.top5_hit[keep], self.confidence[keep], self.labels[keep],
+                      self.scored)
 
     def summary(self) -> Dict[str, Any]:
-        classes = len(self.info.classes)
-        confusion = np.zeros((classes, classes), dtype=np.int64)
-        np.add.at(confusion, (self.labels, self.top1), 1)
+        """Top-1 is over the model's whole output; per-class accuracy and the confusion are
+        over the data's classes (for a 1,000-class model checked on 10 of them, 10 rows, and
+        a last column for predictions outside them)."""
+        scored = np.asarray(self.scored or range(len(self.info.classes)), dtype=np.int64)
+        column = np.full(len(self.info.classes), len(scored), dtype=np.int64)  # outside the data's classes
+        column[scored] = np.arange(len(scored))
+        row = column[self.labels]
+        confusion = np.zeros((len(scored), len(scored) + (len(scored) < len(self.info.classes))), dtype=np.int64)
+        np.add.at(confusion, (row, column[self.top1]), 1)
         per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-        return {"images": int(len(self.labels)), "top1": float((self.top1 == self.labels).mean()),
-                "top5": float(self.top5_hit.mean()),
-                "per_class": dict(zip(self.info.class_names, map(float, per_class))),
-                "confusion": confusion.tolist()}
+        names = [self.info.class_names[i] for i in scored]
+        record = {"images": int(len(self.labels)), "top1": float((self.top1 == self.labels).mean()),
+                  "top5": float(self.top5_hit.mean()), "per_class": dict(zip(names, map(float, per_class))),
+                  "confusion": confusion.tolist()}
+        if len(scored) < len(self.info.classes):
+            record.update(model_classes=len(self.info.classes), confusion_classes=names + ["(other labels)"])
+        return record
 
 
 def run(cfg: Config) -> Path:
@@ -64,7 +75,7 @@ def run(cfg: Config) -> Path:
     profile = target_profile(cfg.engine.target)
     models = deployed_models(out, profile)
     opened = [m.open(cfg.evaluate.threads) for m in models]
-    split = evaluation_split(cfg, opened[0][1].classes)
+    split = evaluation_split(cfg, opened[0][1].classes, opened[0][1].class_names)
     # what each runner runs at once: an engine splits the fed batches to its profile's max
     batching = [{"fed": cfg.evaluate.batch_size, "runs": min(cfg.evaluate.batch_size, getattr(r, "max_batch", 1 << 30))}
                 for r, _ in opened]
@@ -94,19 +105,21 @@ def deployed_models(out: Path, profile: TargetProfile) -> List[ModelSpec]:
     return wanted
 
 
-def evaluation_split(cfg: Config, classes: tuple) -> ImageSplit:
-    """The labelled images a run is scored on: the bundle's in a device run, else the val
-    split of ``data.path`` or of the named dataset (laid out by the workstation)."""
+def evaluation_split(cfg: Config, classes: tuple[str, ...], class_names: tuple[str, ...]) -> ImageSplit:
+    """The labelled images a run is scored on, in the model's label space: the bundle's in
+    a device run, else the val split of ``data.path`` or of the named dataset (laid out by
+    the workstation)."""
     if is_device_run(cfg.run_dir):
-        return scan_split(cfg.run_dir / EVAL_SET, tuple(classes))
-    return laid_out_split(cfg.data, "val")
+        return for_model(open_split(cfg.run_dir / EVAL_SET), classes, class_names)
+    return for_model(laid_out_split(cfg.data, "val"), classes, class_names)
 
 
 def evaluate_file(cfg: Config) -> Path | None:
     """``evaluate --model FILE --data DIR``: any model on an ImageFolder tree or one split."""
     model = Path(cfg.evaluate.model)
     runner, info = open_model(model, cfg.evaluate.threads, cfg.evaluate.runtime)
-    split = open_split(Path(cfg.data.path), info.classes) if cfg.data.path else evaluation_split(cfg, info.classes)
+    split = for_model(open_split(Path(cfg.data.path)), info.classes, info.class_names) if cfg.data.path \
+        else evaluation_split(cfg, info.classes, info.class_names)
     scores = score(runner, info, split, cfg, {})
     print_table([scores], scores, [f"{info.runtime}-{info.precision}"])
     if not cfg.evaluate.out:
@@ -119,7 +132,7 @@ def score(runner: Runner, info: ModelInfo, split: ImageSplit, cfg: Config,
           cache: Dict[Preprocessing, np.ndarray]) -> Scores:
     """Run one model over ``split`` and close it; images are decoded once per
     preprocessing definition."""
-    if tuple(split.classes) != info.classes:
+    if tuple(split.classes) != info.classes:  # a split is put in a model's label space by for_model
         raise DataError(f"{split.root}: classes ({len(split.classes)}) differ from {info.path}'s "
                         f"({len(info.classes)}); the model was trained on other data")
     pre = info.preprocessing
@@ -134,7 +147,7 @@ def score(runner: Runner, info: ModelInfo, split: ImageSplit, cfg: Config,
     labels = np.asarray(split.labels)
     top5 = np.argsort(-logits, axis=1)[:, :5]
     probs = softmax(logits)
-    return Scores(info, logits.argmax(1), (top5 == labels[:, None]).any(1), probs.max(1), labels)
+    return Scores(info, logits.argmax(1), (top5 == labels[:, None]).any(1), probs.max(1), labels, split.scored)
 
 
 def _run_finite(runner: Runner, inputs: np.ndarray, start: int, size: int, path: Path) -> np.ndarray:
@@ -198,14 +211,13 @@ def reporting_half(split: ImageSplit) -> np.ndarray:
     return np.array([hashlib.sha256(key.encode()).digest()[0] % 2 == 1 for key in keys], dtype=bool)
 
 
-def tuning_split(cfg: Config, classes: tuple[str, ...]) -> ImageSplit:
-    """The tuning half of val: every choice is made on it, none on the reporting half."""
-    split = laid_out_split(cfg.data, "val")
-    if tuple(split.classes) != classes:
-        raise DataError(f"{split.root}: classes differ from the model's; the model was trained on other data")
+def tuning_split(cfg: Config, classes: tuple[str, ...], class_names: tuple[str, ...]) -> ImageSplit:
+    """The tuning half of val, in the model's label space: every choice is made on it, none
+    on the reporting half."""
+    split = for_model(laid_out_split(cfg.data, "val"), classes, class_names)
     keep = np.nonzero(~reporting_half(split))[0]
     return ImageSplit(split.root, tuple(split.files[i] for i in keep), tuple(split.labels[i] for i in keep),
-                      split.classes)
+                      split.classes, split.names)
 
 
 def halves(scores: Scores, reference: Scores, reporting: np.ndarray) -> Dict[str, Any]:

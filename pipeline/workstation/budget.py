@@ -66,12 +66,14 @@ class Judge:
         return hits
 
 
-def quantize_within_budget(cfg: Config, fp32: onnx.ModelProto, inputs: np.ndarray, classes: tuple[str, ...],
-                           pre: Preprocessing, ptq: onnx.ModelProto, advanced: Any) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def quantize_within_budget(cfg: Config, fp32: onnx.ModelProto, inputs: np.ndarray, meta: dict[str, Any],
+                           ptq: onnx.ModelProto, advanced: Any) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The INT8 model (NNCF's rendering, UINT8 after ReLUs) and the route that made it, from
-    the post-training model ``ptq`` and the NNCF parameters (``advanced``) that made it."""
+    the post-training model ``ptq`` and the NNCF parameters (``advanced``) that made it;
+    ``meta`` is the FP32 file's metadata (its classes and preprocessing)."""
     q = cfg.quantize
-    x, labels = control_set(cfg, classes, pre)
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    x, labels = control_set(cfg, (tuple(meta["classes"]), tuple(meta["class_names"])), pre)
     judge = Judge(fp32, x, labels, q)
     attempts = [judge.figures("ptq", ptq)]
     _say(judge, attempts[-1])
@@ -106,12 +108,13 @@ def _say(judge: Judge, attempt: dict[str, Any]) -> None:
           f"{verdict} the budget of {judge.budget:.2%}")
 
 
-def control_set(cfg: Config, classes: tuple[str, ...], pre: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+def control_set(cfg: Config, labels: tuple[tuple[str, ...], tuple[str, ...]],
+                pre: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
     """Images for the budget: the tuning half of val (``control_images`` of them, a seeded
     sample, when set). Training images would flatter the model (it was fit to them, so few
     of them flip); the reporting half is never read, so the figures evaluate gives there
-    are of images no choice was made on."""
-    split = tuning_split(cfg, classes)
+    are of images no choice was made on. ``labels``: the model's class ids and names."""
+    split = tuning_split(cfg, *labels)
     picks = list(range(len(split)))
     if cfg.quantize.control_images:
         picks = sorted(random.Random(cfg.run.seed + 1).sample(picks, min(cfg.quantize.control_images, len(split))))

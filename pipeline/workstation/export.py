@@ -23,7 +23,7 @@ from pipeline.config import Config, ExportConfig, config_to_dict
 from pipeline.workstation.data import ImageSplit, open_dataset
 from pipeline.errors import ExportError
 from pipeline.onnx_meta import set_metadata
-from pipeline.preprocess import load_images
+from pipeline.preprocess import Preprocessing, load_images
 from pipeline.runners import Parity, compare_runners
 from pipeline.runners.compare import NonFiniteLogitsError
 from pipeline.runners.onnxruntime_runner import OnnxRuntimeRunner
@@ -39,7 +39,7 @@ def run(cfg: Config) -> Path:
     ckpt_path, onnx_path = out / "model.pt", out / "model.fp32.onnx"
     ckpt = load_checkpoint(ckpt_path)
     model = ckpt.build()
-    inputs, labels = parity_inputs(open_dataset(cfg.data).split("val"), ckpt, cfg)
+    inputs, labels = parity_inputs(open_dataset(cfg.data).split("val"), ckpt.preprocessing, cfg)
     with atomic_path(onnx_path) as tmp:
         export_onnx(model, ckpt, tmp, cfg.export.opset, ckpt_sha256=sha256_file(ckpt_path))
         parity = check_parity(model, tmp, inputs, labels, cfg.export, name=onnx_path,
@@ -61,7 +61,12 @@ def run(cfg: Config) -> Path:
 
 def export_onnx(model: nn.Module, ckpt: Checkpoint, path: Path, opset: int, ckpt_sha256: str) -> None:
     """torch.export-based ONNX with a dynamic batch axis, fixed I/O names and metadata."""
-    size = ckpt.preprocessing.input_size
+    save_onnx(model, ckpt.preprocessing.input_size, path, opset, ckpt_metadata(ckpt, ckpt_sha256), ckpt.path)
+
+
+def save_onnx(model: nn.Module, size: int, path: Path, opset: int, metadata: dict[str, str], source: Path) -> None:
+    """``model`` on (batch, 3, size, size) as checked ONNX with our ``metadata``; a failure
+    names ``source``, the file the model came from."""
     example = torch.zeros(2, 3, size, size)  # batch 2, so the batch axis is not specialised to 1
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:  # kept in memory, then saved once as a single file (no external-data sidecar)
@@ -69,9 +74,9 @@ def export_onnx(model: nn.Module, ckpt: Checkpoint, path: Path, opset: int, ckpt
                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     dynamic_shapes=({0: batch},), verbose=False)
     except Exception as exc:  # the exporter raises many types; the user needs the first line
-        raise ExportError(f"{ckpt.path}: ONNX export failed ({str(exc).splitlines()[0]})") from None
+        raise ExportError(f"{source}: ONNX export failed ({str(exc).splitlines()[0]})") from None
     proto = program.model_proto
-    set_metadata(proto, ckpt_metadata(ckpt, ckpt_sha256))
+    set_metadata(proto, metadata)
     onnx.save(proto, str(path))
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -90,14 +95,13 @@ def ckpt_metadata(ckpt: Checkpoint, ckpt_sha256: str) -> dict[str, str]:
     }
 
 
-def parity_inputs(split: ImageSplit, ckpt: Checkpoint, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded sample of real val images, preprocessed by the checkpoint's own definition."""
+def parity_inputs(split: ImageSplit, pre: Preprocessing, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded sample of real val images, preprocessed by the model's own definition."""
     count = min(cfg.export.parity_images, len(split))
     picks = sorted(random.Random(cfg.run.seed).sample(range(len(split)), count))
-    images = load_images([split.files[i] for i in picks], ckpt.preprocessing.prepare,
-                         cfg.data.workers, "parity images")
+    images = load_images([split.files[i] for i in picks], pre.prepare, cfg.data.workers, "parity images")
     labels = np.array([split.labels[i] for i in picks])
-    return ckpt.preprocessing.normalize(images), labels
+    return pre.normalize(images), labels
 
 
 def check_parity(model: nn.Module, onnx_path: Path, inputs: np.ndarray, labels: np.ndarray,

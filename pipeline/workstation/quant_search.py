@@ -83,7 +83,7 @@ def run(cfg: Config) -> Path:
     meta = read_metadata(fp32_path)
     pre = Preprocessing.from_dict(meta["preprocessing"])
     fp32 = onnx.load(str(fp32_path))
-    tuning = tuning_split(cfg, tuple(meta["classes"]))
+    tuning = tuning_split(cfg, tuple(meta["classes"]), tuple(meta["class_names"]))
     cache: dict[Preprocessing, np.ndarray] = {}
     reference = _score_file(fp32_path, tuning, cfg, cache)
     train = open_dataset(cfg.data).split("train")

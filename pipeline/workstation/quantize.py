@@ -19,7 +19,8 @@ from calibration.manifest import CalibrationManifest, load_manifest
 from calibration.qdq import check_tensorrt_qdq, float_layers, to_tensorrt_rules, QDQ_OPS
 from pipeline.artifacts import atomic_path, provenance, sha256_file, write_json
 from pipeline.config import Config, QuantizeConfig, config_to_dict
-from pipeline.errors import ExportError, StaleArtifactError
+from pipeline.errors import DataError, ExportError, StaleArtifactError
+from pipeline.imagefolder import class_mapping, read_class_names
 from pipeline.onnx_meta import read_metadata
 from pipeline.optional import import_optional
 from pipeline.preprocess import Preprocessing
@@ -44,7 +45,7 @@ def run(cfg: Config) -> Path:
     cpu_model, route = quantize_nncf(fp32, inputs, cfg.quantize), {"method": "ptq"}
     if cfg.quantize.max_drop or cfg.quantize.max_disagreement:
         nncf = import_optional("nncf", "to quantize the model (post-training INT8)", "pip install -r requirements.txt")
-        cpu_model, route = quantize_within_budget(cfg, fp32, inputs, manifest.classes, pre, cpu_model,
+        cpu_model, route = quantize_within_budget(cfg, fp32, inputs, meta, cpu_model,
                                                   advanced_parameters(nncf, cfg.quantize))
     _copy_metadata(fp32, cpu_model)
     trt_model, rewritten = to_tensorrt_rules(cpu_model)
@@ -85,12 +86,17 @@ def _run_peer(cfg: Config, fp32_path: Path, manifest_path: Path, set_sha256: str
 def require_same_model(fp32_path: Path, meta: dict[str, Any], ckpt_path: Path,
                        manifest: CalibrationManifest, manifest_path: Path) -> None:
     """The ONNX must be this run's: exported from its ``model.pt`` (when there is one; the
-    metadata records the checkpoint's sha256) and of the calibration manifest's classes."""
+    metadata records the checkpoint's sha256) and of the calibration manifest's classes, or
+    (an imported model with more classes than the data) labels they map to by name."""
     classes = tuple(meta.get("classes", ()))
     if classes != manifest.classes:
-        raise StaleArtifactError(f"{fp32_path}: {_class_mismatch(classes, manifest.classes, manifest_path)}; "
-                                 f"the ONNX is another model's or the manifest another dataset's: run "
-                                 f"export or calibrate again")
+        names = read_class_names(Path(manifest.source).parent, manifest.classes)  # the tree's classes.tsv
+        try:
+            class_mapping(manifest.classes, names, classes, tuple(meta["class_names"]), manifest_path)
+        except DataError as exc:
+            raise StaleArtifactError(f"{fp32_path}: {_class_mismatch(classes, manifest.classes, manifest_path)}; "
+                                     f"the ONNX is another model's or the manifest another dataset's: run "
+                                     f"export or calibrate again ({str(exc).partition(': ')[2]})") from None
     if not ckpt_path.is_file():
         return  # an ONNX-only run (e.g. from a bundle): nothing to tie it to
     recorded, actual = meta.get("checkpoint_sha256"), sha256_file(ckpt_path)
@@ -172,11 +178,14 @@ def advanced_parameters(nncf: Any, cfg: QuantizeConfig) -> Any:
     per-tensor and symmetric, as TensorRT accepts nothing else; they stay UINT8 after ReLUs
     (``to_tensorrt_rules`` makes them INT8), as NNCF 3.4 refuses ``signedness_to_force`` on
     every hardware configuration (its constraint check takes the configurations' "either"
-    for a conflict), and for min/max ranges signed INT8 would get the same scale."""
+    for a conflict), and for min/max ranges signed INT8 would get the same scale. Per-tensor
+    activations are forced: left to itself NNCF gives a depthwise convolution's input
+    (MobileNet, EfficientNet) one scale per channel, which TensorRT refuses."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
     return AdvancedQuantizationParameters(
         disable_bias_correction=cfg.bias_correction == "off",
+        activations_quantization_params=QuantizationParameters(per_channel=False),
         activations_range_estimator_params=_range_estimator(cfg.activation_range),
         weights_quantization_params=QuantizationParameters(per_channel=False) if cfg.weights == "per_tensor" else None)
 

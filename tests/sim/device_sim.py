@@ -10,7 +10,8 @@ For each board (JetPack 6 on an Orin Nano, JetPack 5 on a Xavier NX) this:
   board's TensorRT version) and a ``tensorrt`` dist-info with that version;
 - runs, in the copy, exactly the README's "On the Jetson" commands with JetPack's Python
   (pyenv's 3.10 or 3.8): setup-device, engine from the bundle, evaluate, camera on the
-  bundle's replay clip (headless), bench, report;
+  bundle's replay clip (headless), bench, report, the Triton model repository and the
+  DeepStream nvinfer config;
 - fails if torch is importable in the device venv, if any step trained or changed a file
   the bundle brought, or if the report did not gate the INT8 engine's accuracy.
 
@@ -90,6 +91,8 @@ def simulate(board: Board, bundle: Path, folder: Path) -> list[str]:
     steps.run("camera", f"make camera {on} SOURCE=replay:build/{RUN}/clip/replay.avi HEADLESS=1")
     steps.run("bench", f"make bench {on}")
     steps.run("report", f"make report {on}")
+    steps.run("triton", f"make triton {on}")
+    steps.run("deepstream", f"make deepstream {on}")
     run_dir = device / "build" / RUN
     check_nothing_trained(run_dir, bundle, steps)
     lines += steps.rows + [""] + figures(run_dir, board)

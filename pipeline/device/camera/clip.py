@@ -33,7 +33,8 @@ import numpy as np
 from pipeline.artifacts import atomic_path, umask, write_json
 from pipeline.config import Config
 from pipeline.errors import DataError
-from pipeline.imagefolder import ImageSplit, open_split
+from pipeline.imagefolder import ImageSplit, for_model, open_split
+from pipeline.onnx_meta import read_metadata
 from pipeline.preprocess import read_rgb
 
 # Video containers and their codecs: .avi (MJPEG, lossy) is the one every OpenCV writes
@@ -61,6 +62,10 @@ def run(cfg: Config) -> Path:
         raise DataError("make-clip: give --data DIR (an ImageFolder tree or split) and --out clip.avi "
                         "(or clip.mkv, clip.mp4, or folder/%06d.png for lossless frames on any OpenCV)")
     split = open_split(Path(cfg.data.path))
+    model = cfg.run_dir / "model.fp32.onnx"
+    if model.is_file():  # labelled with the run's model's class ids, matched by name
+        meta = read_metadata(model)
+        split = for_model(split, meta["classes"], meta["class_names"])
     return make_clip(split, Path(cfg.camera.out), cfg.camera.clip_images, cfg.camera.frames_per_image,
                      cfg.camera.clip_size, cfg.run.seed, cfg.camera.clip_motion)
 

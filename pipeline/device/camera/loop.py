@@ -9,6 +9,7 @@ file, lost camera, q/Esc, Ctrl-C.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from pipeline.device.camera.stages import Budget, Result, prepare, run_stages
 from pipeline.device.camera.stats import LoopStats, write_session
 from pipeline.config import CameraConfig, Config
 from pipeline.errors import DataError, PipelineError
+from pipeline.imagefolder import class_mapping
 from pipeline.preprocess import Preprocessing
 from pipeline.runners.base import ModelInfo, Runner
 from pipeline.device.deployment import deployment
@@ -43,10 +45,7 @@ def run(cfg: Config) -> Path:
     require_same_classes(info, ref_info)
     print(f"models: {info.precision} on {info.runtime} ({model.path.name}), FP32 shadow {ref_info.precision} on "
           f"{ref_info.runtime} ({ref_model.path.name})", flush=True)
-    source = open_source(cam.source, cam.timeout_s)
-    if source.classes is not None and list(info.classes) != source.classes:
-        raise DataError(f"{cam.source}: labels name {len(source.classes)} classes, the model has "
-                        f"{len(info.classes)}; this clip was made for another model")
+    source = in_model_labels(open_source(cam.source, cam.timeout_s), info)
     started, stats = time.time(), LoopStats()
     status = "error: the loop did not start"
     try:
@@ -77,6 +76,18 @@ def default_models(cfg: Config) -> tuple[ModelSpec, ModelSpec]:
     model = ModelSpec("model", Path(cam.model), cam.runtime) if cam.model else chosen.model
     reference = ModelSpec("reference", Path(cam.reference), cam.runtime) if cam.reference else chosen.reference
     return model, reference
+
+
+def in_model_labels(source: FrameSource, info: ModelInfo) -> FrameSource:
+    """A labelled clip's labels as the model's class ids: a clip made from folders named
+    otherwise (WordNet ids, readable names) is matched to the model's labels by name, as
+    evaluation matches them; a label the model cannot name is refused with the list."""
+    if source.classes is None or list(info.classes) == source.classes:
+        return source
+    mapping = class_mapping(source.classes, source.classes, info.classes, info.class_names, source.spec)
+    ids = {name: info.classes[i] for name, i in zip(source.classes, mapping)}
+    frames = ((frame, ids.get(label, label) if label is not None else None) for frame, label in source.frames)
+    return dataclasses.replace(source, frames=frames, classes=list(info.classes))
 
 
 def require_same_classes(info: ModelInfo, ref: ModelInfo) -> None:

@@ -24,12 +24,13 @@ WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model")
 SHOW = 3  # how many offending keys an error message names
 
 
-def load_weights(model: nn.Module, path: Path | str) -> list[str]:
-    """Load a torchvision-format state dict into ``model``; return head keys left fresh."""
+def load_weights(model: nn.Module, path: Path | str, fresh_head: bool = True) -> list[str]:
+    """Load a torchvision-format state dict into ``model``; return head keys left fresh
+    (never with ``fresh_head`` False: an imported classifier is taken whole or refused)."""
     path = Path(path)
     state = _unwrap(path, _read(path))
     expected = model.state_dict()
-    state, replaced = _keep_fresh_head(state, expected)
+    state, replaced = _keep_fresh_head(state, expected) if fresh_head else (state, [])
     _fill_bn_counters(state, expected)
     _check_keys(path, state, expected)
     _check_shapes(path, state, expected)
