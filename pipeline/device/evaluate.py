@@ -206,8 +206,10 @@ def reporting_half(split: ImageSplit) -> np.ndarray:
     a hash of each image's class and file name, so a tree splits the same way on every
     machine and run (a bundle's copy of val included), and adding images moves none. Choices
     made by looking at results (calibration size, range estimators, layers kept in float)
-    are made on the tuning half and reported on the other, which they never saw."""
-    keys = (f"{split.classes[label]}/{Path(f).name}" for f, label in zip(split.files, split.labels))
+    are made on the tuning half and reported on the other, which they never saw. The class
+    is the image's folder, not the model's label for it: an imported model's halves of a
+    tree are those of a model trained on it."""
+    keys = (f"{Path(f).parent.name}/{Path(f).name}" for f in split.files)
     return np.array([hashlib.sha256(key.encode()).digest()[0] % 2 == 1 for key in keys], dtype=bool)
 
 
