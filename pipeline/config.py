@@ -143,11 +143,13 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     resume: bool = False
+    dist_timeout_s: float = 1800.0  # under torchrun: how long a rank waits for the others (data preparation included)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
         _require(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
         _require(self.lr > 0, "train.lr", "a positive number", self.lr)
+        _require(self.dist_timeout_s > 0, "train.dist_timeout_s", "a positive number of seconds", self.dist_timeout_s)
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "0 <= x < 1", self.label_smoothing)
         _require(0 < self.warmup_fraction < 1, "train.warmup_fraction", "0 < x < 1", self.warmup_fraction)
         _require(0 < self.crop_scale_min <= 1, "train.crop_scale_min", "0 < x <= 1", self.crop_scale_min)

@@ -29,7 +29,8 @@ from pipeline.config import Config, TrainConfig, config_to_dict, dump_toml
 from pipeline.errors import PipelineError
 from pipeline.workstation.data import ImageDataset, open_dataset
 from pipeline.workstation.data.memory import load_split
-from pipeline.workstation.distributed import DistContext, all_sum, barrier, init_distributed, params_in_sync, shutdown
+from pipeline.workstation.distributed import (DistContext, RankError, all_sum, barrier, init_distributed, once,
+                                               params_in_sync, shutdown)
 from pipeline.workstation.models import build_model
 from pipeline.workstation.models.weights import load_weights
 from pipeline.plots import plot_training
@@ -72,9 +73,13 @@ class Trainer:
 
 def run(cfg: Config) -> Path:
     """Train per ``cfg`` and return the path of ``model.pt``."""
-    ctx = init_distributed(cfg.train.device)
+    ctx = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     try:
         return _train(cfg, ctx)
+    except PipelineError as exc:  # under torchrun every rank prints its own line: say which
+        if ctx.active and not isinstance(exc, RankError):
+            raise type(exc)(f"rank {ctx.rank}: {exc}") from None
+        raise
     finally:
         shutdown(ctx)
 
@@ -84,7 +89,7 @@ def _train(cfg: Config, ctx: DistContext) -> Path:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
-    dataset = open_dataset(cfg.data)
+    dataset = once(ctx, "to prepare the dataset", lambda: open_dataset(cfg.data), cfg.train.dist_timeout_s)
     pre = Preprocessing.from_config(cfg.preprocess)
     model = _initial_model(cfg, len(dataset.classes), ctx)
     train, val = _load_tensors(dataset, pre, cfg, ctx)
