@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from pipeline.onnx_meta import load_onnx
+from pipeline.onnx_meta import fresh_name, load_onnx
 from pipeline.errors import StaleArtifactError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -164,20 +164,11 @@ def _signed_pair(model: onnx.ModelProto, inits: dict[str, TensorProto], scale_na
         raise StaleArtifactError(f"{zero_name}: asymmetric UINT8 quantizer (zero point "
                                  f"{zero.flatten()[0]}) cannot follow TensorRT's rules")
     scale = numpy_helper.to_array(inits[scale_name]).astype(np.float32) * np.float32(255.0 / 127.0)
-    names = (_fresh_name(inits, f"{scale_name}_s8"), _fresh_name(inits, f"{zero_name}_s8"))
+    names = (fresh_name(inits, f"{scale_name}_s8"), fresh_name(inits, f"{zero_name}_s8"))
     inits.update({name: None for name in names})  # taken: a scale shared by two pairs gets two names
     model.graph.initializer.extend([numpy_helper.from_array(scale, names[0]),
                                     numpy_helper.from_array(zero.astype(np.int8), names[1])])
     return names
-
-
-def _fresh_name(taken: dict, name: str) -> str:
-    """``name``, or ``name_2``, ``name_3``... where an initializer already has it."""
-    fresh, index = name, 1
-    while fresh in taken:
-        index += 1
-        fresh = f"{name}_{index}"
-    return fresh
 
 
 def _set_elem_type(model: onnx.ModelProto, name: str, elem_type: int) -> None:

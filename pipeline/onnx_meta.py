@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Container, Dict, List, Tuple
 
 import onnx
 
@@ -73,6 +73,16 @@ def graph_inputs(graph: onnx.GraphProto) -> List[onnx.ValueInfoProto]:
     """A graph's real inputs: older exporters list the initializers among them too."""
     weights = {init.name for init in graph.initializer}
     return [value for value in graph.input if value.name not in weights]
+
+
+def fresh_name(taken: Container[str], name: str) -> str:
+    """``name``, or ``name_2``, ``name_3``... where ``taken`` already has it: a tensor added
+    to a graph must not alias one already there."""
+    fresh, index = name, 1
+    while fresh in taken:
+        index += 1
+        fresh = f"{name}_{index}"
+    return fresh
 
 
 def onnx_precision(path: Path) -> str:

@@ -30,7 +30,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from pipeline.errors import StaleArtifactError
-from pipeline.onnx_meta import META_PREFIX, graph_inputs, set_metadata
+from pipeline.onnx_meta import META_PREFIX, fresh_name, graph_inputs, set_metadata
 from pipeline.preprocess import Preprocessing
 
 
@@ -140,15 +140,11 @@ def _producer(graph: onnx.GraphProto, tensor: str) -> Optional[str]:
 
 
 def _fresh(graph: onnx.GraphProto, name: str) -> str:
-    """``name``, or ``name_2``, ``name_3``... if the graph already uses it."""
+    """``name``, or ``name_2``... if the graph already uses it anywhere (tensor or node)."""
     taken: Set[str] = {i.name for i in graph.input} | {o.name for o in graph.output}
     taken |= {init.name for init in graph.initializer} | {v.name for v in graph.value_info}
     taken |= {t for n in graph.node for t in list(n.input) + list(n.output)} | {n.name for n in graph.node}
-    candidate, count = name, 1
-    while candidate in taken:
-        count += 1
-        candidate = f"{name}_{count}"
-    return candidate
+    return fresh_name(taken, name)
 
 
 def _record(model: onnx.ModelProto, norm: NvinferNormalization, record: Dict[str, Any], where: str) -> None:

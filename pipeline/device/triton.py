@@ -93,11 +93,12 @@ def run(cfg: Config) -> Path:
               f"ONNX Runtime models only")
     else:
         entries.insert(0, plan)
-    labels = class_labels(out / "model.fp32.onnx")
+    meta = read_metadata(out / "model.fp32.onnx")
+    labels = class_labels(meta["class_names"])
     for entry in entries:
         check_labels(entry, labels)
     batching = batching_for(cfg.triton, profile)
-    parameters = client_parameters(out / "model.fp32.onnx")
+    parameters = client_parameters(meta["preprocessing"])
     folder = write_repository(out / REPOSITORY, entries, labels, batching, parameters, cfg.triton.instances)
     write_json(sidecar_path(folder), repository_record(entries, profile, batching))
     print(f"wrote {folder}: {', '.join(e.name for e in entries)} (max batch {batching.max_batch}, {profile.name})")
@@ -209,10 +210,9 @@ def _type_name(value: onnx.ValueInfoProto) -> str:
     return onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower()
 
 
-def class_labels(path: Path) -> List[str]:
+def class_labels(names: Sequence[str]) -> List[str]:
     """One readable class name per line (``class_names`` of our metadata; a name with a
     line break would shift every later label, so breaks become spaces)."""
-    names = read_metadata(path)["class_names"]
     return [" ".join(str(name).split()) or str(i) for i, name in enumerate(names)]
 
 
@@ -222,10 +222,10 @@ def check_labels(entry: ModelEntry, labels: Sequence[str]) -> None:
                                f"the model's metadata names {len(labels)}")
 
 
-def client_parameters(path: Path) -> Dict[str, str]:
+def client_parameters(preprocessing: Dict[str, object]) -> Dict[str, str]:
     """The preprocessing a client must apply (resize, crop, mean/std), as our ONNX
     metadata records it, so a client reads it back from the config instead of re-typing it."""
-    return {PREPROCESSING_KEY: json.dumps(read_metadata(path)["preprocessing"], sort_keys=True)}
+    return {PREPROCESSING_KEY: json.dumps(preprocessing, sort_keys=True)}
 
 
 def batching_for(settings: TritonConfig, profile: TargetProfile) -> Batching:

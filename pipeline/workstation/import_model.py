@@ -11,7 +11,6 @@ parser lacks, a graph already quantized, an output that is not one score per lab
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,12 @@ import onnx
 from pipeline.artifacts import atomic_path, provenance, sha256_file, sidecar_path, write_json
 from pipeline.config import Config, config_to_dict
 from pipeline.errors import ConfigError, ExportError
-from pipeline.imagefolder import ImageSplit, for_model
+from pipeline.imagefolder import for_model
 from pipeline.onnx_meta import graph_inputs, load_onnx, set_metadata
-from pipeline.preprocess import Preprocessing, load_images
+from pipeline.preprocess import Preprocessing
 from pipeline.runners.compare import require_finite
 from pipeline.workstation.data import open_dataset
+from pipeline.workstation.export import parity_inputs
 
 # ImageNet's normalisation and resize-then-crop ratio (torchvision's classification presets)
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_ratio": 0.875, "size": 224}
@@ -59,14 +59,15 @@ def run(cfg: Config) -> Path:
         proto, pre = onnx_model(source, imp.preprocessing)
     else:
         source, proto, pre = Path(imp.weights), None, torchvision_preprocessing(imp.preprocessing)
+    images = parity_inputs(for_model(val, classes, names), pre, cfg)  # one decode: parity and smoke test
     with atomic_path(target) as tmp:
         if proto is None:
-            parity = export_torchvision(cfg, source, classes, names, pre, val, tmp)
+            parity = export_torchvision(cfg, source, len(classes), images, tmp)
             proto = onnx.load(str(tmp))
         check_deployable(proto, len(classes), pre, source)
         set_metadata(proto, import_metadata(classes, names, pre, imp.torchvision or source.stem, source))
         onnx.save(proto, str(tmp))
-        smoke = smoke_test(tmp, for_model(val, classes, names), pre, cfg, source)
+        smoke = smoke_test(tmp, images, pre, len(classes), source)
         record = provenance("import", {"source": source})
         record.update(onnx_sha256=sha256_file(tmp), imported=imp.torchvision or "onnx", classes=len(classes),
                       input={"name": proto.graph.input[0].name, "shape": ["batch", 3, pre.input_size, pre.input_size]},
@@ -246,17 +247,15 @@ def import_metadata(classes: tuple[str, ...], names: tuple[str, ...], pre: Prepr
             "model": json.dumps({"name": model, "imported": {"file": source.name, "sha256": sha256_file(source)}})}
 
 
-def smoke_test(path: Path, split: ImageSplit, pre: Preprocessing, cfg: Config, name: Path) -> dict[str, Any]:
-    """The model (``path``, imported from ``name``) run on real val images by ONNX Runtime,
-    one at a time and two at once: finite scores, one per label, a batch of two equal to
-    two batches of one (a graph that baked batch 1 into a Reshape fails here, not in an
-    engine build), and top-1 on the data's classes."""
+def smoke_test(path: Path, images: tuple[np.ndarray, np.ndarray], pre: Preprocessing, classes: int,
+               name: Path) -> dict[str, Any]:
+    """The model (``path``, imported from ``name``) run on real val ``images`` (inputs,
+    labels) by ONNX Runtime, one at a time and two at once: finite scores, one per label, a
+    batch of two equal to two batches of one (a graph that baked batch 1 into a Reshape
+    fails here, not in an engine build), and top-1 on the data's classes."""
     from pipeline.runners.onnxruntime_runner import OnnxRuntimeRunner
 
-    count = min(cfg.export.parity_images, len(split))
-    picks = sorted(random.Random(cfg.run.seed).sample(range(len(split)), count))
-    x = pre.normalize(load_images([split.files[i] for i in picks], pre.prepare, cfg.data.workers, "import check"))
-    labels = np.array([split.labels[i] for i in picks])
+    x, labels = images
     runner = OnnxRuntimeRunner(path)
     try:
         logits = np.concatenate([_run(runner, x[i:i + 1], name, "cannot run it on "
@@ -266,9 +265,9 @@ def smoke_test(path: Path, split: ImageSplit, pre: Preprocessing, cfg: Config, n
     finally:
         runner.close()
     require_finite(logits, str(name), 0, 0)
-    if logits.ndim != 2 or logits.shape[1] != len(split.classes):
+    if logits.ndim != 2 or logits.shape[1] != classes:
         raise ExportError(f"{name}: gives scores of shape {logits.shape[1:]} an image; the labels file names "
-                          f"{len(split.classes)} classes")
+                          f"{classes} classes")
     if len(x) >= 2 and not np.allclose(pairs, logits[:2], rtol=1e-3, atol=1e-4):
         raise ExportError(f"{name}: a batch of 2 gives other scores than two batches of 1; the graph "
                           f"depends on its batch size (re-export it with a dynamic batch axis)")
@@ -283,19 +282,18 @@ def _run(runner: Any, batch: np.ndarray, name: Path, failure: str) -> np.ndarray
         raise ExportError(f"{name}: ONNX Runtime {failure} ({str(exc).splitlines()[0][:200]})") from None
 
 
-def export_torchvision(cfg: Config, weights: Path, classes: tuple[str, ...], names: tuple[str, ...],
-                       pre: Preprocessing, val: ImageSplit, out: Path) -> dict[str, Any]:
+def export_torchvision(cfg: Config, weights: Path, classes: int, images: tuple[np.ndarray, np.ndarray],
+                       out: Path) -> dict[str, Any]:
     """A torchvision architecture with the user's state dict (all of it: no fresh head),
-    exported as our own models are and checked against PyTorch on real val images."""
-    from pipeline.workstation.export import check_parity, parity_inputs, save_onnx
+    exported as our own models are and checked against PyTorch on real val ``images``."""
+    from pipeline.workstation.export import check_parity, save_onnx
     from pipeline.workstation.models.weights import load_weights
 
-    model = torchvision_model(cfg.imported.torchvision, len(classes))
+    model = torchvision_model(cfg.imported.torchvision, classes)
     load_weights(model, weights, fresh_head=False)
     model.eval()
-    save_onnx(model, pre.input_size, out, cfg.export.opset, {}, weights)
-    inputs, labels = parity_inputs(for_model(val, classes, names), pre, cfg)
-    parity = check_parity(model, out, inputs, labels, cfg.export, name=out, reference=f"{weights} (PyTorch)")
+    save_onnx(model, images[0].shape[-1], out, cfg.export.opset, {}, weights)
+    parity = check_parity(model, out, *images, cfg.export, name=out, reference=f"{weights} (PyTorch)")
     return parity.to_dict()
 
 

@@ -295,8 +295,7 @@ def run(cfg: Config) -> Path:
     require_serving(cfg.triton.bench_protocol)
     model = repository_model(cfg)
     images = bench_images(cfg, model)
-    expected = direct_top1(model, images, cfg.triton.threads)
-    direct = direct_latency(model, images[:1], cfg.triton.threads)
+    expected, direct = direct_figures(model, images, cfg.triton.threads)
     out = cfg.run_dir / "bench"
     with TritonServing(model, cfg.triton.threads, out / "triton-server.log") as server:
         record = bench_served(server, model, images, cfg.triton)
@@ -339,21 +338,14 @@ def model_classes(model: ServedModel) -> Tuple[Tuple[str, ...], Tuple[str, ...]]
     return tuple(meta["classes"]), tuple(meta["class_names"])
 
 
-def direct_top1(model: ServedModel, images: np.ndarray, threads: int = 0) -> np.ndarray:
-    """The runner's own top-1 on ``images``, outside any server: what the served answers must equal."""
+def direct_figures(model: ServedModel, images: np.ndarray, threads: int = 0) -> Tuple[np.ndarray, Any]:
+    """The runner alone, outside any server: its top-1 on ``images`` (what the served answers
+    must equal) and its latency on one image (what serving adds is measured against)."""
     runner, _ = open_model(model.folder / VERSION / "model.onnx", threads, "onnxruntime")
     try:
-        return np.concatenate([runner.run(images[i:i + model.max_batch]).argmax(1)
+        top1 = np.concatenate([runner.run(images[i:i + model.max_batch]).argmax(1)
                                for i in range(0, len(images), model.max_batch)])
-    finally:
-        runner.close()
-
-
-def direct_latency(model: ServedModel, image: np.ndarray, threads: int = 0) -> Any:
-    """The runner alone on one image, no server: what serving adds is measured against it."""
-    runner, _ = open_model(model.folder / VERSION / "model.onnx", threads, "onnxruntime")
-    try:
-        return measure_latency(runner, image, runs=50, warmup_s=0.5)[0]
+        return top1, measure_latency(runner, images[:1], runs=50, warmup_s=0.5)[0]
     finally:
         runner.close()
 
