@@ -252,21 +252,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config, overrides(args, stage))
         importlib.import_module(stage.module).run(cfg)
     except RegressionError as exc:  # the gate's verdict, distinct from a usage error
-        print(f"regression: {one_line(exc)}", file=sys.stderr)
+        _say(f"regression: {one_line(exc)}")
         return 1
     except PipelineError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        _say(f"error: {one_line(exc)}")
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _say("interrupted")
         return 130
     except Exception as exc:  # noqa: BLE001 - the boundary: a bug of ours, reported with its log
         log = write_crash_log(stage.name, Path(cfg.run.root) if cfg else Path("build"))
         where = f"traceback in {log}" if log else "the traceback could not be written"
-        print(f"internal error in {stage.name}: {type(exc).__name__}: {one_line(exc)} ({where}; "
-              f"please report it)", file=sys.stderr)
+        _say(f"internal error in {stage.name}: {type(exc).__name__}: {one_line(exc)} ({where}; "
+             f"please report it)")
         return 3
     return 0
+
+
+def _say(line: str) -> None:
+    """``line`` to stderr in one write: under torchrun (``python -u``) print's two writes,
+    the text then the newline, interleaved with the other ranks' lines."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def write_crash_log(stage: str, root: Path) -> Path | None:

@@ -144,6 +144,7 @@ class TrainConfig:
     threads: int = 0
     resume: bool = False
     dist_timeout_s: float = 1800.0  # under torchrun: how long a rank waits for the others (data preparation included)
+    sync_batchnorm: bool = True  # under torchrun: BatchNorm statistics of the global batch, as one process has
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
@@ -155,7 +156,7 @@ class TrainConfig:
         _require(0 < self.crop_scale_min <= 1, "train.crop_scale_min", "0 < x <= 1", self.crop_scale_min)
         _one_of("train.schedule", self.schedule, ("onecycle", "cosine"))
         _one_of("train.augment", self.augment, ("pad-crop", "random-resized-crop", "none"))
-        _one_of("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        _one_of("train.precision", self.precision, ("auto", "fp32", "bf16", "fp64"))
         _one_of("train.device", self.device, ("auto", "cpu", "cuda"))
         _require(all(s >= 8 for s in self.sizes), "train.sizes", "crop sizes >= 8", self.sizes)
         _require(0 <= self.momentum < 1, "train.momentum", "0 <= x < 1", self.momentum)

@@ -203,7 +203,10 @@ def test_the_loop_stops_on_a_faulty_live_path(quantized_run, tmp_path, monkeypat
 
 
 def _offline_top1(run, folder: Path, out: Path) -> dict:
-    cfg = dataclasses.replace(run, evaluate=EvaluateConfig(model=str(run.run_dir / "model.int8.cpu.onnx"),
+    """Offline top-1 of the model the loop deploys, on the runtime it deploys it with (the
+    CPU target's: OpenVINO; ONNX Runtime differs from it on a near-tie or two)."""
+    deployed = loop.default_models(run)[0]
+    cfg = dataclasses.replace(run, evaluate=EvaluateConfig(model=str(deployed.path), runtime=deployed.runtime,
                                                            out=str(out)),
                               data=dataclasses.replace(run.data, path=str(folder)))
     evaluate.run(cfg)

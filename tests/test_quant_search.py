@@ -36,8 +36,8 @@ def tree_without_reporting_half(cfg, root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def weak_run(tmp_path_factory: pytest.TempPathFactory, datasets_root: Path):
-    """resnet20 after one short epoch on digits (about 17% top-1): its near-ties flip under
-    INT8 (7 to 13 of the 172 tuning images), where the trained digits model flips none."""
+    """resnet20 after one short epoch on digits (10-20% top-1): its near-ties flip under
+    INT8 (a few of the 172 tuning images), where the trained digits model flips none."""
     from pipeline.workstation import calibrate, export, train
     from tests.conftest import make_config
 
@@ -169,12 +169,19 @@ def test_qat_exports_to_tensorrt_rules_and_stays_the_same_classifier(quantized_r
 
 
 def test_budget_route_tries_qat_before_float_layers(weak_run, tmp_path: Path) -> None:
-    """A budget post-training INT8 misses (at most 3 of the 172 tuning images may flip, on a
-    model whose near-ties flip 7 to 13) goes to QAT, then to accuracy control if QAT misses
-    too; the route is recorded and the deployed signed file is within budget, checked here.
-    (A zero-flip budget is no test of the route: on some runs only an all-float model meets
+    """A budget post-training INT8 misses (one flip fewer than it makes on the tuning images)
+    goes to QAT, then to accuracy control if QAT misses too; the route is recorded and the
+    deployed signed file is within budget, checked here. The budget is set from what PTQ
+    flips on this machine's weak model, a few near-ties that float rounding decides. (A
+    zero-flip budget is no test of the route: on some runs only an all-float model meets
     it, which quantize refuses.)"""
-    cfg = in_run(weak_run, tmp_path, "route", max_disagreement=0.02, qat_steps=10, qat_batch=16)
+    loose = in_run(weak_run, tmp_path, "ptq", max_disagreement=0.5)
+    quantize.run(loose)
+    ptq = json.loads((loose.run_dir / "quantize.json").read_text())["route"]
+    flips = round(ptq["attempts"][0]["disagreement"] * ptq["tuning_images"])
+    assert flips >= 2, f"the weak model's near-ties no longer flip under INT8: {ptq}"
+    budget = (flips - 0.5) / ptq["tuning_images"]
+    cfg = in_run(weak_run, tmp_path, "route", max_disagreement=budget, qat_steps=10, qat_batch=16)
     quantize.run(cfg)
     record = json.loads((cfg.run_dir / "quantize.json").read_text())
     route = record["route"]
@@ -184,9 +191,40 @@ def test_budget_route_tries_qat_before_float_layers(weak_run, tmp_path: Path) ->
     assert record["settings"].startswith({"qat": "NNCF QAT (10 steps", "accuracy-control": "NNCF PTQ + accuracy control"}
                                          [route["method"]])
     agreement, _ = signed_agreement(cfg, cfg.run_dir / "model.int8.onnx")
-    assert 1 - agreement <= 0.02
+    assert 1 - agreement <= budget
     from pipeline.device.report import route_text
 
     said = route_text(route)
-    assert "Budget: disagreement <= 2.00%" in said and all(f"{m} " in said for m in methods)
+    assert f"Budget: disagreement <= {budget:.2%}" in said and all(f"{m} " in said for m in methods)
     assert check_tensorrt_qdq(onnx.load(str(cfg.run_dir / "model.int8.onnx"))) == []
+
+
+def test_judge_scores_each_candidate_even_when_the_next_reuses_a_freed_ones_id(quantized_run) -> None:
+    """NNCF frees a candidate before making the next, and CPython hands the next the same
+    ``id``: the judge must score the model it is given, not a session kept for the last one
+    (it did, and accuracy control stopped 'within budget' on a model measured over it)."""
+    from pipeline.workstation.budget import Judge, control_set
+
+    cfg = dataclasses.replace(quantized_run, quantize=dataclasses.replace(quantized_run.quantize,
+                                                                          max_disagreement=0.02))
+    fp32 = onnx.load(str(cfg.run_dir / "model.fp32.onnx"))
+    meta = read_metadata(cfg.run_dir / "model.fp32.onnx")
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    x, labels = control_set(cfg, (tuple(meta["classes"]), tuple(meta["class_names"])), pre)
+    judge = Judge(fp32, x, labels, cfg.quantize)
+    negated = onnx.ModelProto()
+    negated.CopyFrom(fp32)  # the same graph with its scores negated: top-1 becomes bottom-1
+    out = negated.graph.output[0].name
+    for node in negated.graph.node:
+        node.output[:] = [f"{o}_pre" if o == out else o for o in node.output]
+    negated.graph.node.append(onnx.helper.make_node("Neg", [f"{out}_pre"], [out]))
+    hits = judge.hits_function()
+    items = list(zip(x[:, None], judge.targets))
+
+    first = onnx.ModelProto()
+    first.CopyFrom(fp32)
+    assert hits(first, items)[0] == 1.0
+    del first
+    second = onnx.ModelProto()
+    second.CopyFrom(negated)  # most often at the address ``first`` had
+    assert hits(second, items)[0] < 0.5

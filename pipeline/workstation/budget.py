@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from calibration.qdq import to_tensorrt_rules
+from calibration.qdq import float_layers, to_tensorrt_rules
 from pipeline.config import Config, QuantizeConfig
 from pipeline.device.evaluate import tuning_split
 from pipeline.errors import DataError
@@ -51,15 +51,20 @@ class Judge:
                 "within_budget": self.baseline - value <= self.budget + 1e-12}
 
     def hits_function(self) -> Any:
-        """NNCF's validation function: (mean, per-image hits) for a candidate and items."""
-        sessions: dict[int, ort.InferenceSession] = {}
+        """NNCF's validation function: (mean, per-image hits) for a candidate and items.
+
+        NNCF calls it once per item while ranking layers, so the last candidate's session is
+        kept, with the candidate itself: an ``id`` alone is reused by the next candidate once
+        NNCF frees one, and a stale session scored the wrong model (accuracy control then
+        stopped "within budget" on a model the judge measured over it)."""
+        last: list[Any] = [None, None]  # the candidate and its session
 
         def hits(candidate: onnx.ModelProto, items: Iterable[tuple[np.ndarray, int]]) -> tuple[float, list[float]]:
-            if id(candidate) not in sessions:  # NNCF calls this once per item while ranking layers
+            if last[0] is not candidate:
                 signed = to_tensorrt_rules(candidate)[0]
-                sessions[id(candidate)] = ort.InferenceSession(signed.SerializeToString(),
-                                                               providers=["CPUExecutionProvider"])
-            session = sessions[id(candidate)]
+                last[:] = [candidate, ort.InferenceSession(signed.SerializeToString(),
+                                                           providers=["CPUExecutionProvider"])]
+            session = last[1]
             found = [float(session.run(None, {self.name: x})[0].argmax() == y) for x, y in items]
             return float(np.mean(found)), found
 
@@ -94,6 +99,11 @@ def quantize_within_budget(cfg: Config, fp32: onnx.ModelProto, inputs: np.ndarra
                         f"in float; loosen the budget")
     attempts.append(judge.figures("accuracy-control", controlled))
     _say(judge, attempts[-1])
+    if not attempts[-1]["within_budget"]:
+        raise DataError(f"{cfg.run_dir / 'model.int8.onnx'}: no INT8 model is within the budget ({judge.kind} "
+                        f"<= {judge.budget:g} on {len(x)} tuning images): the closest, accuracy control with "
+                        f"{len(float_layers(controlled))} layers in float, measures "
+                        f"{attempts[-1][judge.key]:.2%}; loosen the budget")
     return controlled, _route("accuracy-control", judge, attempts)
 
 

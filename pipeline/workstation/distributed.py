@@ -26,6 +26,8 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    local_rank: int = 0  # on this node: 0 is the node's first process
+    restarts: int = 0    # how often torchrun restarted the group after a failure (--max-restarts)
 
     @property
     def is_main(self) -> bool:
@@ -55,43 +57,102 @@ def init_distributed(device_name: str, timeout_s: float = 1800.0) -> DistContext
     if world <= 1:
         return DistContext(device=device)
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
-    return DistContext(dist.get_rank(), dist.get_world_size(), device)
+    timeout = timedelta(seconds=timeout_s)
+    store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+    # torchrun's c10d rendezvous lends its store to the workers, and a group it restarts
+    # read the dead attempt's addresses there ("Connection refused", or a hang; pytorch
+    # issue 135712): each attempt gets keys of its own.
+    store = dist.PrefixStore(f"edgeresnet/attempt-{restarts}/", store)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
+                            world_size=world, timeout=timeout)
+    return DistContext(dist.get_rank(), dist.get_world_size(), device, local, restarts)
 
 
 def once(ctx: DistContext, what: str, action: Callable[[], T], timeout_s: float) -> T:
     """``action`` (which writes shared files: laying out or downloading a dataset) run by
-    rank 0 alone, then by the others once it succeeded, when they find its files there.
-    Run by every rank at once it raced: two ranks renamed their copies onto one folder.
-    A failure on rank 0 ends every rank with one line naming rank 0 and the cause; a rank
-    that waits longer than ``timeout_s`` says what it waited for."""
+    rank 0 first; then by the first rank on each other node, whose disk may not be rank 0's
+    (on a shared one it finds rank 0's files, on its own it makes them); then by the rest,
+    which find their node's. Run by every rank at once it raced: two ranks renamed their
+    copies onto one folder. A failure ends every rank, the failed one with its own error and
+    the others with one line naming it and the cause; a rank that waits longer than
+    ``timeout_s`` says what it waited for."""
     if not ctx.active:
         return action()
-    status, result = ["ok"], None
+    result = None
+    turns = (ctx.rank == 0, ctx.rank != 0 and ctx.local_rank == 0, ctx.local_rank != 0)
+    for mine in turns:
+        status, failure = "ok", None
+        if mine:
+            try:
+                result = action()
+            except Exception as exc:  # noqa: BLE001 - told to the other ranks, then raised here
+                status, failure = f"rank {ctx.rank} failed {what} ({type(exc).__name__}: {one_line(exc)})", exc
+        failed = [s for s in _gather(ctx, status, what, timeout_s) if s != "ok"]
+        if failure is not None:
+            raise failure
+        if failed:
+            raise RankError(f"rank {ctx.rank}: {failed[0]}")
+    return result
+
+
+def from_main(ctx: DistContext, what: str, action: Callable[[], T], timeout_s: float) -> T:
+    """``action``'s result as rank 0 computed it, on every rank: what only rank 0's disk
+    holds (the checkpoint to resume from, when nodes do not share the run folder)."""
+    if not ctx.active:
+        return action()
+    box: list = ["ok", None]
     if ctx.is_main:
         try:
-            result = action()
+            box[1] = action()
         except Exception as exc:  # noqa: BLE001 - told to the other ranks, then raised here
-            status = [f"{type(exc).__name__}: {one_line(exc)}"]
-            _tell(ctx, status, what, timeout_s)
+            _send(ctx, [f"rank 0 failed {what} ({type(exc).__name__}: {one_line(exc)})", None], what, timeout_s)
             raise
-    _tell(ctx, status, what, timeout_s)
-    if status[0] != "ok":
-        raise RankError(f"rank {ctx.rank}: rank 0 failed {what} ({status[0]})")
-    return result if ctx.is_main else action()
+    _send(ctx, box, what, timeout_s)
+    if box[0] != "ok":
+        raise RankError(f"rank {ctx.rank}: {box[0]}")
+    return box[1]
 
 
-def _tell(ctx: DistContext, status: list, what: str, timeout_s: float) -> None:
-    """Rank 0's outcome to every rank; a wait beyond the timeout is one line."""
+def _gather(ctx: DistContext, status: str, what: str, timeout_s: float) -> list[str]:
+    """Every rank's outcome, on every rank."""
+    statuses: list = [None] * ctx.world_size
+    _waiting(ctx, what, timeout_s, lambda: dist.all_gather_object(statuses, status))
+    return statuses
+
+
+def _send(ctx: DistContext, box: list, what: str, timeout_s: float) -> None:
+    """Rank 0's ``box`` to every rank, in place."""
+    _waiting(ctx, what, timeout_s, lambda: dist.broadcast_object_list(box, src=0))
+
+
+def _waiting(ctx: DistContext, what: str, timeout_s: float, collective: Callable[[], None]) -> None:
+    """A collective whose wait beyond the timeout (or a peer lost) is one line."""
     try:
-        dist.broadcast_object_list(status, src=0)
+        collective()
     except (RuntimeError, dist.DistBackendError) as exc:
-        raise RankError(f"rank {ctx.rank}: waited for rank 0 {what} and got no answer within "
-                        f"{timeout_s:.0f} s or lost it ({one_line(exc)[:160]}); train.dist_timeout_s "
+        raise RankError(f"rank {ctx.rank}: waited for the other ranks {what} and got no answer within "
+                        f"{timeout_s:.0f} s or lost one ({one_line(exc)[:160]}); train.dist_timeout_s "
                         f"sets the wait") from None
+
+
+def lost_rank(ctx: DistContext, exc: BaseException) -> RankError | None:
+    """``exc`` as one line when it is the process group losing a rank mid-training (a
+    killed or crashed worker: gloo's "Connection reset by peer", an NCCL error), which is
+    no bug to report; None for anything else."""
+    text = str(exc)
+    if not ctx.active or not (isinstance(exc, dist.DistBackendError) or "/gloo/" in text or "NCCL" in text):
+        return None
+    how = "torchrun restarts the group from last.pt" if ctx.restarts < _max_restarts() else "no restarts left"
+    cause = text.split("] ", 1)[-1].split(". ", 1)[0][:160]  # "Read error [...]: Connection reset by peer"
+    return RankError(f"rank {ctx.rank}: lost another rank ({cause}); {how} (--max-restarts {_max_restarts()})")
+
+
+def _max_restarts() -> int:
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
 
 
 def all_sum(ctx: DistContext, values: list[float]) -> list[float]:

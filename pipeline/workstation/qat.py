@@ -58,7 +58,7 @@ def _train(student: Any, teacher: Any, cfg: Config, pre: Preprocessing) -> None:
     BatchNorm frozen; the loss every tenth of the way is printed."""
     import torch
 
-    from pipeline.workstation.augment import augment_batch, normalize_batch
+    from pipeline.workstation.augment import augment_batch, image_seeds, normalize_batch
 
     q = cfg.quantize
     split = open_dataset(cfg.data).split("train")
@@ -70,9 +70,11 @@ def _train(student: Any, teacher: Any, cfg: Config, pre: Preprocessing) -> None:
             module.eval()
     start, report = time.perf_counter(), max(1, q.qat_steps // 10)
     for step in range(q.qat_steps):
-        files = [split.files[i] for i in rng.sample(range(len(split)), min(q.qat_batch, len(split)))]
-        images = torch.from_numpy(load_images(files, pre.prepare, cfg.data.workers, "qat", show_progress=False))
-        x = normalize_batch(augment_batch(images, cfg.train, pre.input_size), pre)
+        picks = rng.sample(range(len(split)), min(q.qat_batch, len(split)))
+        images = torch.from_numpy(load_images([split.files[i] for i in picks], pre.prepare, cfg.data.workers,
+                                              "qat", show_progress=False))
+        seeds = image_seeds(cfg.run.seed + 2, step, picks)
+        x = normalize_batch(augment_batch(images, cfg.train, pre.input_size, seeds), pre)
         with torch.no_grad():
             target = teacher(x)
         loss = distillation_loss(student(x), target)

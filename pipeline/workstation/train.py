@@ -4,6 +4,9 @@ Writes, under the run folder: ``last.pt`` every epoch (for ``--resume``), ``best
 every improvement of val top-1, and at the end ``model.pt`` (the best weights, with the
 fp32 val accuracy) plus ``train.json``/``train.png`` (the curves). ``model.pt`` appears
 only when training finished, so Make never takes an interrupted run for a finished one.
+Under torchrun rank 0 writes all of them; a group torchrun restarts after a failure
+(``--max-restarts``) resumes from ``last.pt`` by itself, and a fresh start removes an
+earlier run's ``last.pt``/``best.pt`` so that no restart resumes from them.
 A NaN or infinite loss, or val logit, stops training at once with
 :class:`TrainingDivergedError` (no ``model.pt``; ``last.pt`` keeps the last good epoch).
 """
@@ -23,16 +26,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.artifacts import write_json, write_text
-from pipeline.workstation.augment import augment_batch, normalize_batch, size_for_epoch
+from pipeline.workstation.augment import augment_batch, image_seeds, normalize_batch, size_for_epoch
 from pipeline.workstation.checkpoint import Checkpoint, expect_model, load_checkpoint, save_checkpoint
 from pipeline.config import Config, TrainConfig, config_to_dict, dump_toml
 from pipeline.errors import PipelineError
 from pipeline.workstation.data import ImageDataset, open_dataset
 from pipeline.workstation.data.memory import load_split
-from pipeline.workstation.distributed import (DistContext, RankError, all_sum, barrier, init_distributed, once,
-                                               params_in_sync, shutdown)
+from pipeline.workstation.distributed import (DistContext, RankError, all_sum, barrier, from_main, init_distributed,
+                                               lost_rank, once, params_in_sync, shutdown)
 from pipeline.workstation.models import build_model
 from pipeline.workstation.models.weights import load_weights
+from pipeline.workstation.sync_batchnorm import synchronise_batchnorm
 from pipeline.plots import plot_training
 from pipeline.preprocess import Preprocessing
 from pipeline.progress import progress
@@ -64,6 +68,8 @@ class Trainer:
     amp_dtype: torch.dtype | None
     per_rank_batch: int
     steps: int
+    seed: int = 0   # the run's: the epoch's order and each image's augmentation derive from it
+    taken: int = 0  # optimisation steps in the current weights' lineage (a restart's lost ones not counted)
 
     @property
     def net(self) -> nn.Module:
@@ -80,6 +86,11 @@ def run(cfg: Config) -> Path:
         if ctx.active and not isinstance(exc, RankError):
             raise type(exc)(f"rank {ctx.rank}: {exc}") from None
         raise
+    except RuntimeError as exc:
+        lost = lost_rank(ctx, exc)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         shutdown(ctx)
 
@@ -88,17 +99,15 @@ def _train(cfg: Config, ctx: DistContext) -> Path:
     out = cfg.run_dir
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
     dataset = once(ctx, "to prepare the dataset", lambda: open_dataset(cfg.data), cfg.train.dist_timeout_s)
     pre = Preprocessing.from_config(cfg.preprocess)
     model = _initial_model(cfg, len(dataset.classes), ctx)
     train, val = _load_tensors(dataset, pre, cfg, ctx)
     trainer = _make_trainer(cfg, ctx, model, pre, len(train.labels))
     template = _template(cfg, dataset, pre)
-    start, history = 0, []
-    if cfg.train.resume:
-        start, history = _restore(trainer, out / "last.pt", cfg, len(dataset.classes))
-    torch.manual_seed(cfg.run.seed * 1000 + ctx.rank + start)  # augmentation differs per rank
+    resume = from_main(ctx, "to read the checkpoint to resume from", lambda: _resume_point(cfg, ctx),
+                       cfg.train.dist_timeout_s)
+    start, history = _restore(trainer, resume, cfg, len(dataset.classes)) if resume else (0, [])
     for epoch in range(start, cfg.train.epochs):
         record = _run_epoch(trainer, train, val, epoch)
         history.append(record)
@@ -112,6 +121,7 @@ def _train(cfg: Config, ctx: DistContext) -> Path:
 
 
 def _initial_model(cfg: Config, num_classes: int, ctx: DistContext) -> nn.Module:
+    torch.manual_seed(cfg.run.seed)  # right here: laying the dataset out may have drawn from the generator
     model = build_model(cfg.model.name, num_classes, **cfg.model.options())
     if cfg.model.weights:
         replaced = load_weights(model, Path(cfg.model.weights))
@@ -137,7 +147,12 @@ def _make_trainer(cfg: Config, ctx: DistContext, model: nn.Module, pre: Preproce
     tc = cfg.train
     per_rank = max(1, tc.batch_size // ctx.world_size)
     steps = max(1, (n_train // ctx.world_size) // per_rank)
-    model = model.to(ctx.device)
+    if ctx.is_main and per_rank * ctx.world_size != tc.batch_size:
+        print(f"train.batch_size {tc.batch_size} is not a multiple of {ctx.world_size} ranks: "
+              f"the global batch is {per_rank * ctx.world_size}")
+    model = model.to(ctx.device, torch.float64 if tc.precision == "fp64" else torch.float32)
+    if ctx.active and tc.sync_batchnorm:
+        model = synchronise_batchnorm(model, ctx.device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(model, tc)
@@ -145,7 +160,7 @@ def _make_trainer(cfg: Config, ctx: DistContext, model: nn.Module, pre: Preproce
     wrapped = DistributedDataParallel(model) if ctx.active else model
     loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     return Trainer(tc, ctx, wrapped, optimizer, scheduler, loss_fn, pre,
-                   _amp_dtype(tc.precision, ctx.device), per_rank, steps)
+                   _amp_dtype(tc.precision, ctx.device), per_rank, steps, cfg.run.seed)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -172,8 +187,11 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
 
 
 def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware runs it natively (it halves CPU training time)."""
-    if precision == "fp32":
+    """bf16 autocast where the hardware runs it natively (it halves CPU training time).
+    ``fp64`` trains in double precision without autocast: slow, and for checking that a
+    setup (ranks, nodes, a restart) trains what one process does, where float32's rounding
+    alone already moves a ResNet's early gradients by a percent at initialisation."""
+    if precision in ("fp32", "fp64"):
         return None
     if precision == "bf16":
         return torch.bfloat16
@@ -188,9 +206,9 @@ def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def _run_epoch(t: Trainer, train: Tensors, val: Tensors, epoch: int) -> dict[str, Any]:
     size = size_for_epoch(t.cfg.sizes, epoch, t.cfg.epochs, t.pre.input_size)
     stats = train_one_epoch(t, train, epoch, size)
-    val_top1 = evaluate_top1(t, val, where=f"training diverged at epoch {epoch + 1}")
-    record = {"epoch": epoch + 1, "size": size, **stats, "val_top1": val_top1,
-              "lr": t.optimizer.param_groups[0]["lr"]}
+    val_top1, val_images = evaluate_top1(t, val, where=f"training diverged at epoch {epoch + 1}")
+    record = {"epoch": epoch + 1, "size": size, **stats, "val_top1": val_top1, "val_images": val_images,
+              "lr": t.optimizer.param_groups[0]["lr"], "optimizer_steps": t.taken}
     if t.ctx.is_main:
         print(f"epoch {epoch + 1}/{t.cfg.epochs} {size}px  loss {stats['loss']:.3f}  "
               f"train {stats['train_top1']:.2%}  val {val_top1:.2%}  "
@@ -199,15 +217,17 @@ def _run_epoch(t: Trainer, train: Tensors, val: Tensors, epoch: int) -> dict[str
 
 
 def train_one_epoch(t: Trainer, data: Tensors, epoch: int, size: int) -> dict[str, float]:
-    """One pass over this rank's shard of a seeded permutation shared by all ranks."""
+    """One pass over this rank's shard of a seeded permutation shared by all ranks: step s
+    of N ranks trains, between them, the images step s of one process with the same global
+    batch trains (rank r takes every N-th of them from the r-th)."""
     t.model.train()
-    order = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(epoch))
+    order = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(t.seed * 1_000_003 + epoch))
     mine = order[t.ctx.rank::t.ctx.world_size][: t.steps * t.per_rank_batch]
     loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
     bar = progress(range(t.steps), t.ctx.is_main, desc=f"epoch {epoch + 1}/{t.cfg.epochs}", unit="batch")
     for step in bar:
         index = mine[step * t.per_rank_batch:(step + 1) * t.per_rank_batch]
-        loss, hits = _train_step(t, data.images[index], data.labels[index], size)
+        loss, hits = _train_step(t, data.images[index], data.labels[index], size, image_seeds(t.seed, epoch, index))
         _require_finite_loss(t, loss, epoch, step)
         loss_sum, correct, seen = loss_sum + loss * len(index), correct + hits, seen + len(index)
         rate = seen * t.ctx.world_size / (time.perf_counter() - start)
@@ -218,8 +238,9 @@ def train_one_epoch(t: Trainer, data: Tensors, epoch: int, size: int) -> dict[st
             "images_per_s": seen / seconds, "seconds": seconds}
 
 
-def _train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor, size: int) -> tuple[float, int]:
-    x = _to_input(t, augment_batch(images, t.cfg, size))
+def _train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor, size: int,
+                seeds: list[int]) -> tuple[float, int]:
+    x = _to_input(t, augment_batch(images, t.cfg, size, seeds))
     y = labels.to(t.ctx.device)
     with torch.autocast(t.ctx.device.type, dtype=t.amp_dtype or torch.float32,
                         enabled=t.amp_dtype is not None):
@@ -229,6 +250,7 @@ def _train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor, size: in
     loss.backward()
     t.optimizer.step()
     t.scheduler.step()
+    t.taken += 1
     return loss.item(), int((logits.argmax(1) == y).sum())
 
 
@@ -253,13 +275,15 @@ def _advice(t: Trainer) -> str:
 
 def _to_input(t: Trainer, images: torch.Tensor) -> torch.Tensor:
     x = normalize_batch(images.to(t.ctx.device), t.pre)  # (N, 3, S, S) float32
+    x = x.to(next(t.net.parameters()).dtype)  # float64 when training in fp64
     return x.contiguous(memory_format=torch.channels_last) if t.cfg.channels_last else x
 
 
 @torch.no_grad()
-def evaluate_top1(t: Trainer, data: Tensors, amp: bool = True, where: str = "val evaluation") -> float:
-    """Val top-1; each rank scores its shard and the counts are summed. NaN or infinite
-    logits raise :class:`TrainingDivergedError` on every rank, its message led by ``where``."""
+def evaluate_top1(t: Trainer, data: Tensors, amp: bool = True, where: str = "val evaluation") -> tuple[float, int]:
+    """Val top-1 and the number of images scored; each rank scores every N-th image (no
+    padding, so no image counts twice) and the counts are summed. NaN or infinite logits
+    raise :class:`TrainingDivergedError` on every rank, its message led by ``where``."""
     net = t.net.eval()
     index = torch.arange(t.ctx.rank, len(data.labels), t.ctx.world_size)
     chunks = index.split(max(1, t.per_rank_batch * 2))
@@ -274,7 +298,7 @@ def evaluate_top1(t: Trainer, data: Tensors, amp: bool = True, where: str = "val
     correct, total, failed = all_sum(t.ctx, [correct, len(index), int(flags.any(1).sum())])
     if failed:
         raise TrainingDivergedError(_non_finite_logits(t, where, flags, chunks))
-    return correct / max(1, total)
+    return correct / max(1, total), int(total)
 
 
 def _non_finite_logits(t: Trainer, where: str, flags: torch.Tensor, chunks: tuple[torch.Tensor, ...]) -> str:
@@ -297,7 +321,7 @@ def _snapshot(t: Trainer, template: Checkpoint, history: list[dict[str, Any]]) -
     best = max(h["val_top1"] for h in history)
     state = {k: v.detach().cpu().contiguous() for k, v in t.net.state_dict().items()}
     training = {"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
-                "rng": torch.get_rng_state(), "world_size": t.ctx.world_size}
+                "world_size": t.ctx.world_size, "optimizer_steps": t.taken}
     return dataclasses.replace(template, state_dict=state, epoch=len(history),
                                metrics={"best_val_top1": best}, history=list(history),
                                training=training)
@@ -311,16 +335,49 @@ def _save_epoch(t: Trainer, template: Checkpoint, history: list[dict[str, Any]],
         (out / ".best.pt.partial").replace(out / "best.pt")
 
 
-def _restore(t: Trainer, path: Path, cfg: Config, num_classes: int) -> tuple[int, list[dict[str, Any]]]:
-    """Continue from ``last.pt``: weights, optimiser, schedule and the curves so far."""
-    ckpt = load_checkpoint(path)
+def _resume_point(cfg: Config, ctx: DistContext) -> Checkpoint | None:
+    """On rank 0: the checkpoint to go on from, or None to start at epoch 0. ``--resume``
+    and a torchrun restart go on from ``last.pt`` (a restart before the first epoch ended
+    starts over); a fresh start removes ``last.pt``/``best.pt`` left by an earlier run, which
+    a restart would otherwise take for this run's, and any file a killed rank left half-written."""
+    out, last = cfg.run_dir, cfg.run_dir / "last.pt"
+    for partial in out.glob(".*.partial*"):  # temporary files (artifacts.atomic_path) a killed rank left
+        if partial.is_file():
+            partial.unlink(missing_ok=True)
+    if cfg.train.resume or (ctx.restarts and last.exists()):
+        return load_checkpoint(last)
+    if ctx.restarts:
+        print(f"torchrun restart {ctx.restarts}: no epoch had finished, training starts over")
+    else:
+        for stale in (last, out / "best.pt"):
+            stale.unlink(missing_ok=True)
+    return None
+
+
+def _restore(t: Trainer, ckpt: Checkpoint, cfg: Config, num_classes: int) -> tuple[int, list[dict[str, Any]]]:
+    """Continue from ``ckpt`` (``last.pt``): weights, optimiser, schedule, step count and the
+    curves so far. The epoch it was in when a rank died runs again from its start."""
     expect_model(ckpt, cfg.model.name, num_classes)
     t.net.load_state_dict(ckpt.state_dict)
     t.optimizer.load_state_dict(ckpt.training["optimizer"])
     _fast_forward(t.scheduler, ckpt.epoch * t.steps)
+    t.taken = ckpt.training.get("optimizer_steps", ckpt.epoch * t.steps)
     if t.ctx.is_main:
-        print(f"resuming from {path} after epoch {ckpt.epoch}")
+        _best_up_to_date(ckpt, cfg.run_dir)
+        why = f"torchrun restart {t.ctx.restarts}: " if t.ctx.restarts and not cfg.train.resume else ""
+        print(f"{why}resuming from {ckpt.path} after epoch {ckpt.epoch}", flush=True)
     return ckpt.epoch, list(ckpt.history)
+
+
+def _best_up_to_date(last: Checkpoint, out: Path) -> None:
+    """``best.pt`` is copied from ``last.pt`` after it is written: a rank killed in between
+    left the best epoch only in ``last.pt``."""
+    if not last.history or last.history[-1]["val_top1"] < max(h["val_top1"] for h in last.history):
+        return
+    best = out / "best.pt"
+    if not best.exists() or load_checkpoint(best).epoch != last.epoch:
+        shutil.copyfile(out / "last.pt", out / ".best.pt.partial")
+        (out / ".best.pt.partial").replace(out / "best.pt")
 
 
 def _fast_forward(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
@@ -339,14 +396,16 @@ def _finish(t: Trainer, template: Checkpoint, history: list[dict[str, Any]], val
             out: Path, cfg: Config, in_sync: bool) -> Path:
     """The best weights, scored in fp32 exactly as deployed, become ``model.pt``."""
     best = load_checkpoint(out / "best.pt")
-    t.net.load_state_dict(best.state_dict)
-    fp32_top1 = evaluate_top1(_alone(t), val, amp=False, where=f"{best.path}, evaluated in fp32")
+    t.net.float().load_state_dict(best.state_dict)  # scored, and kept, in float32 as deployed
+    fp32_top1, _ = evaluate_top1(_alone(t), val, amp=False, where=f"{best.path}, evaluated in fp32")
     metrics = {"val_top1": fp32_top1, "best_epoch": best.epoch,
                "best_val_top1_autocast": best.metrics["best_val_top1"],
-               "precision": str(t.amp_dtype or torch.float32).replace("torch.", ""),
+               "precision": "float64" if t.cfg.precision == "fp64" else str(t.amp_dtype or torch.float32).replace("torch.", ""),
                "world_size": t.ctx.world_size, "ddp_params_in_sync": in_sync,
+               "optimizer_steps": t.taken, "restarts": t.ctx.restarts,
                "train_seconds": sum(h["seconds"] for h in history)}
-    final = dataclasses.replace(best, metrics=metrics, history=history, training={})
+    state = {k: v.float() if v.is_floating_point() else v for k, v in best.state_dict.items()}
+    final = dataclasses.replace(best, state_dict=state, metrics=metrics, history=history, training={})
     write_text(out / "config.toml", dump_toml(cfg))
     write_json(out / "train.json", {"metrics": metrics, "history": history})
     plot_training(history, out / "train.png", title=f"{cfg.run_name}: {cfg.model.name}")
