@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+
 from pipeline.workstation.checkpoint import Checkpoint, load_checkpoint
 from tests.conftest import ROOT
 
@@ -35,7 +37,8 @@ def test_torchrun_two_processes_train_one_model(tmp_path: Path, datasets_root: P
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-port", "29517", "-m", "pipeline", "train", "--config", "configs/digits.toml",
            "--set", f'run.root="{tmp_path}"', "--set", f'data.root="{datasets_root}"',
-           "--set", "train.epochs=3", "--set", "train.lr=0.1", "--set", "train.batch_size=128", "--set", "model.width=8",
+           "--set", "train.epochs=3", "--set", "train.lr=0.1", "--set", "train.batch_size=128",
+           "--set", "model.width=8",
            "--set", "train.threads=1"]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -150,7 +153,9 @@ def test_two_nodes_from_a_clean_tree_train_what_one_process_trains(one_process: 
     assert [h["val_images"] for h in two.history] == [_val_images(data)] * 2
     assert [h["val_top1"] for h in two.history] == [h["val_top1"] for h in one_process.history]
     assert sorted(p.name for p in data.iterdir()) == ["digits"]
-    assert load_checkpoint(run / "model.pt").metrics["world_size"] == 2
+    final = load_checkpoint(run / "model.pt")  # trained in float64, deployed in float32
+    assert final.metrics["world_size"] == 2 and final.metrics["precision"] == "float64"
+    assert {v.dtype for v in final.state_dict.values() if v.is_floating_point()} == {torch.float32}
 
 
 def test_a_worker_killed_mid_epoch_restarts_the_group_from_the_last_checkpoint(

@@ -20,7 +20,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 at least, as BatchNorm keeps them
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 at least, as BatchNorm
         count = torch.tensor([float(xf.numel() // xf.shape[1])], device=x.device)
         dist.all_reduce(count)  # ranks' batches may differ in size
         mean = _SumOverRanks.apply(xf.sum((0, 2, 3))) / count

@@ -400,7 +400,7 @@ def _finish(t: Trainer, template: Checkpoint, history: list[dict[str, Any]], val
     fp32_top1, _ = evaluate_top1(_alone(t), val, amp=False, where=f"{best.path}, evaluated in fp32")
     metrics = {"val_top1": fp32_top1, "best_epoch": best.epoch,
                "best_val_top1_autocast": best.metrics["best_val_top1"],
-               "precision": "float64" if t.cfg.precision == "fp64" else str(t.amp_dtype or torch.float32).replace("torch.", ""),
+               "precision": _trained_in(t),
                "world_size": t.ctx.world_size, "ddp_params_in_sync": in_sync,
                "optimizer_steps": t.taken, "restarts": t.ctx.restarts,
                "train_seconds": sum(h["seconds"] for h in history)}
@@ -413,6 +413,12 @@ def _finish(t: Trainer, template: Checkpoint, history: list[dict[str, Any]], val
     print(f"val top-1 (fp32) {fp32_top1:.2%} after {len(history)} epochs, "
           f"{metrics['train_seconds']:.0f} s of training -> {out / 'model.pt'}")
     return out / "model.pt"
+
+
+def _trained_in(t: Trainer) -> str:
+    if t.cfg.precision == "fp64":
+        return "float64"
+    return str(t.amp_dtype or torch.float32).replace("torch.", "")
 
 
 def _alone(t: Trainer) -> Trainer:
