@@ -33,14 +33,13 @@ TOLERANCE = 1e-6
 
 
 def test_torchrun_two_processes_train_one_model(tmp_path: Path, datasets_root: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-port", "29517", "-m", "pipeline", "train", "--config", "configs/digits.toml",
            "--set", f'run.root="{tmp_path}"', "--set", f'data.root="{datasets_root}"',
            "--set", "train.epochs=3", "--set", "train.lr=0.1", "--set", "train.batch_size=128",
            "--set", "model.width=8",
            "--set", "train.threads=1"]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt = load_checkpoint(tmp_path / "digits-resnet20" / "model.pt")
     assert ckpt.metrics["world_size"] == 2
@@ -51,12 +50,11 @@ def test_torchrun_two_processes_train_one_model(tmp_path: Path, datasets_root: P
 
 
 def _torchrun(tmp_path: Path, data_root: Path, port: int, *sets: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
            "-m", "pipeline", "train", "--config", "configs/digits.toml", "--set", f'run.root="{tmp_path}"',
            "--set", f'data.root="{data_root}"', "--set", "train.epochs=1", "--set", "model.width=8",
            "--set", "train.threads=1", *sets]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
 
 
 def test_a_fresh_tree_is_laid_out_once_by_rank_0_while_the_others_wait(tmp_path: Path) -> None:

@@ -22,9 +22,14 @@ from pipeline.preprocess import Preprocessing
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
+def epoch_seed(run_seed: int, epoch: int) -> int:
+    """The seed of one epoch of a run (its order of images, and under it each image's)."""
+    return run_seed * 1_000_003 + epoch
+
+
 def image_seeds(run_seed: int, epoch: int, indices: Sequence[int] | torch.Tensor) -> list[int]:
     """One seed per image and epoch, from the image's index in its split."""
-    return [((run_seed * 1_000_003 + epoch) * 1_000_000_007 + int(i)) % 2**63 for i in indices]
+    return [(epoch_seed(run_seed, epoch) * 1_000_000_007 + int(i)) % 2**63 for i in indices]
 
 
 def augment_batch(images: torch.Tensor, cfg: TrainConfig, size: int, seeds: Sequence[int]) -> torch.Tensor:

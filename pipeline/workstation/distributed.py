@@ -27,7 +27,8 @@ class DistContext:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     local_rank: int = 0  # on this node: 0 is the node's first process
-    restarts: int = 0    # how often torchrun restarted the group after a failure (--max-restarts)
+    restarts: int = 0    # how often torchrun restarted the group after a failure
+    max_restarts: int = 0  # how often it may (--max-restarts)
 
     @property
     def is_main(self) -> bool:
@@ -58,6 +59,7 @@ def init_distributed(device_name: str, timeout_s: float = 1800.0) -> DistContext
         return DistContext(device=device)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    max_restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
@@ -69,7 +71,7 @@ def init_distributed(device_name: str, timeout_s: float = 1800.0) -> DistContext
     store = dist.PrefixStore(f"edgeresnet/attempt-{restarts}/", store)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
                             world_size=world, timeout=timeout)
-    return DistContext(dist.get_rank(), dist.get_world_size(), device, local, restarts)
+    return DistContext(dist.get_rank(), dist.get_world_size(), device, local, restarts, max_restarts)
 
 
 def once(ctx: DistContext, what: str, action: Callable[[], T], timeout_s: float) -> T:
@@ -90,7 +92,7 @@ def once(ctx: DistContext, what: str, action: Callable[[], T], timeout_s: float)
             try:
                 result = action()
             except Exception as exc:  # noqa: BLE001 - told to the other ranks, then raised here
-                status, failure = f"rank {ctx.rank} failed {what} ({type(exc).__name__}: {one_line(exc)})", exc
+                status, failure = _failure(ctx, what, exc), exc
         failed = [s for s in _gather(ctx, status, what, timeout_s) if s != "ok"]
         if failure is not None:
             raise failure
@@ -109,12 +111,17 @@ def from_main(ctx: DistContext, what: str, action: Callable[[], T], timeout_s: f
         try:
             box[1] = action()
         except Exception as exc:  # noqa: BLE001 - told to the other ranks, then raised here
-            _send(ctx, [f"rank 0 failed {what} ({type(exc).__name__}: {one_line(exc)})", None], what, timeout_s)
+            _send(ctx, [_failure(ctx, what, exc), None], what, timeout_s)
             raise
     _send(ctx, box, what, timeout_s)
     if box[0] != "ok":
         raise RankError(f"rank {ctx.rank}: {box[0]}")
     return box[1]
+
+
+def _failure(ctx: DistContext, what: str, exc: Exception) -> str:
+    """What the other ranks are told when this one fails ``what``."""
+    return f"rank {ctx.rank} failed {what} ({type(exc).__name__}: {one_line(exc)})"
 
 
 def _gather(ctx: DistContext, status: str, what: str, timeout_s: float) -> list[str]:
@@ -146,13 +153,9 @@ def lost_rank(ctx: DistContext, exc: BaseException) -> RankError | None:
     text = str(exc)
     if not ctx.active or not (isinstance(exc, dist.DistBackendError) or "/gloo/" in text or "NCCL" in text):
         return None
-    how = "torchrun restarts the group from last.pt" if ctx.restarts < _max_restarts() else "no restarts left"
+    how = "torchrun restarts the group from last.pt" if ctx.restarts < ctx.max_restarts else "no restarts left"
     cause = text.split("] ", 1)[-1].split(". ", 1)[0][:160]  # "Read error [...]: Connection reset by peer"
-    return RankError(f"rank {ctx.rank}: lost another rank ({cause}); {how} (--max-restarts {_max_restarts()})")
-
-
-def _max_restarts() -> int:
-    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    return RankError(f"rank {ctx.rank}: lost another rank ({cause}); {how} (--max-restarts {ctx.max_restarts})")
 
 
 def all_sum(ctx: DistContext, values: list[float]) -> list[float]:

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.artifacts import write_json, write_text
-from pipeline.workstation.augment import augment_batch, image_seeds, normalize_batch, size_for_epoch
+from pipeline.artifacts import atomic_path, write_json, write_text
+from pipeline.workstation.augment import augment_batch, epoch_seed, image_seeds, normalize_batch, size_for_epoch
 from pipeline.workstation.checkpoint import Checkpoint, expect_model, load_checkpoint, save_checkpoint
 from pipeline.config import Config, TrainConfig, config_to_dict, dump_toml
 from pipeline.errors import PipelineError
@@ -221,7 +221,7 @@ def train_one_epoch(t: Trainer, data: Tensors, epoch: int, size: int) -> dict[st
     of N ranks trains, between them, the images step s of one process with the same global
     batch trains (rank r takes every N-th of them from the r-th)."""
     t.model.train()
-    order = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(t.seed * 1_000_003 + epoch))
+    order = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(epoch_seed(t.seed, epoch)))
     mine = order[t.ctx.rank::t.ctx.world_size][: t.steps * t.per_rank_batch]
     loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
     bar = progress(range(t.steps), t.ctx.is_main, desc=f"epoch {epoch + 1}/{t.cfg.epochs}", unit="batch")
@@ -331,8 +331,13 @@ def _save_epoch(t: Trainer, template: Checkpoint, history: list[dict[str, Any]],
     snapshot = _snapshot(t, template, history)
     save_checkpoint(snapshot, out / "last.pt")
     if history[-1]["val_top1"] >= snapshot.metrics["best_val_top1"]:
-        shutil.copyfile(out / "last.pt", out / ".best.pt.partial")
-        (out / ".best.pt.partial").replace(out / "best.pt")
+        _last_is_best(out)
+
+
+def _last_is_best(out: Path) -> None:
+    """``last.pt`` copied to ``best.pt``, whole or not at all."""
+    with atomic_path(out / "best.pt") as tmp:
+        shutil.copyfile(out / "last.pt", tmp)
 
 
 def _resume_point(cfg: Config, ctx: DistContext) -> Checkpoint | None:
@@ -376,8 +381,7 @@ def _best_up_to_date(last: Checkpoint, out: Path) -> None:
         return
     best = out / "best.pt"
     if not best.exists() or load_checkpoint(best).epoch != last.epoch:
-        shutil.copyfile(out / "last.pt", out / ".best.pt.partial")
-        (out / ".best.pt.partial").replace(out / "best.pt")
+        _last_is_best(out)
 
 
 def _fast_forward(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
